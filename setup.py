@@ -1,0 +1,33 @@
+"""Install vargfacenet: maps the top-level folders onto one import namespace.
+
+``symbol/`` -> ``vargfacenet.symbol``, ``data/`` -> ``vargfacenet.data``, ``train/`` ->
+``vargfacenet.train``, ``eval/`` -> ``vargfacenet.eval``. ``vargfacenet`` itself is an implicit
+namespace package, so no ``vargfacenet/__init__.py`` exists. Editable installs need
+setuptools >= 64 (PEP 660), whose import finder honours ``package_dir``.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    'vargfacenet.symbol': 'symbol',
+    'vargfacenet.data': 'data',
+    'vargfacenet.train': 'train',
+    'vargfacenet.eval': 'eval',
+}
+
+with open('requirements.txt') as f:
+    REQUIREMENTS = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+
+setup(
+    name='vargfacenet',
+    version='0.1.0',
+    description='VarGFaceNet on MXNet: faithful graphs, recursive knowledge distillation, '
+                'LFR2019 evaluation',
+    long_description=open('README.md').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9,<3.12',
+    packages=list(PACKAGES) + ['vargfacenet.train.configs'],
+    package_dir=dict(PACKAGES, **{'vargfacenet.train.configs': 'train/configs'}),
+    install_requires=REQUIREMENTS,
+    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1']},
+    license='Apache-2.0',
+)
