@@ -1,0 +1,111 @@
+"""Config merging, the KD loss against numpy, and the training graph."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from vargfacenet.symbol import get_symbol
+from vargfacenet.train.config import (ConfigError, config_from_json, list_presets, load_config,
+                                      parse_override, save_config)
+from vargfacenet.train.distill import build_training_symbol, kd_loss_symbol, margin_ce
+from vargfacenet.train.loop import make_lr_scheduler
+
+
+def test_presets_merge_over_base_and_reject_unknown_keys(tmp_path):
+    assert {'embedded', 'embedded_teacher', 'tiny'} <= set(list_presets())
+    cfg = load_config('tiny', ['optimizer.lr=0.05', {'kd': {'alpha': 3.0}}])
+    assert cfg.train.batch_size == 2                 # from the preset
+    assert cfg.optimizer.lr == 0.05                  # from an override string
+    assert cfg.kd.alpha == 3.0 and cfg.kd.form == 'l2'   # dict override, base default kept
+    assert cfg.loss.s == 64.0 and cfg.optimizer.momentum == 0.9
+    with pytest.raises(ConfigError, match='optimizer.learning_rate'):
+        load_config('tiny', ['optimizer.learning_rate=0.1'])
+    with pytest.raises(ConfigError, match='kd.form'):
+        load_config(None, ['kd.form=cosine'])
+    with pytest.raises(ConfigError, match='available presets'):
+        load_config('no-such-preset')
+    path = tmp_path / 'config.json'
+    save_config(cfg, str(path))
+    assert config_from_json(str(path)) == cfg
+    assert json.loads(path.read_text())['schedule']['max_steps'] == cfg.schedule.max_steps
+
+
+def test_parse_override_types():
+    assert parse_override('a.b=3') == {'a': {'b': 3}}
+    assert parse_override('a.b=[1, 2]') == {'a': {'b': [1, 2]}}
+    assert parse_override('a=cpu') == {'a': 'cpu'}
+    assert parse_override('a.b=None') == {'a': {'b': None}}
+    with pytest.raises(ConfigError):
+        parse_override('a.b')
+
+
+@pytest.mark.parametrize('form', ['l2', 'angular'])
+def test_kd_loss_matches_numpy(form):
+    rng = np.random.RandomState(0)
+    s, t = rng.randn(6, 8), rng.randn(6, 8) * 3
+    sym = kd_loss_symbol(mx.sym.Variable('s'), mx.sym.Variable('t'), form)
+    exe = sym.bind(mx.cpu(), {'s': mx.nd.array(s), 't': mx.nd.array(t)},
+                   args_grad={'s': mx.nd.zeros((6, 8))})
+    got = exe.forward(is_train=True)[0].asnumpy()[0]
+    exe.backward(mx.nd.ones((1,)))
+    sn = s / np.linalg.norm(s, axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t, axis=1, keepdims=True)
+    if form == 'l2':
+        want = np.mean(np.sum((sn - tn) ** 2, axis=1))
+        assert want == pytest.approx(np.mean(2 - 2 * np.sum(sn * tn, 1)))   # = 2(1 - cos)
+    else:
+        want = np.mean((1 - np.sum(sn * tn, axis=1)) ** 2)
+    assert got == pytest.approx(want, rel=1e-5)
+    # gradient against central differences of the numpy formula
+    def f(x):
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        if form == 'l2':
+            return np.mean(np.sum((xn - tn) ** 2, axis=1))
+        return np.mean((1 - np.sum(xn * tn, axis=1)) ** 2)
+    num = np.zeros_like(s)
+    for idx in np.ndindex(*s.shape):
+        d = np.zeros_like(s)
+        d[idx] = 1e-5
+        num[idx] = (f(s + d) - f(s - d)) / 2e-5
+    np.testing.assert_allclose(exe.grad_dict['s'].asnumpy(), num, rtol=1e-3, atol=1e-5)
+
+
+def test_training_graph_and_projection_error():
+    cfg = load_config('tiny')
+    student = get_symbol('mobilefacenet')      # 128-d
+    sym, names = build_training_symbol(student, 10, cfg.loss, cfg.kd, teacher_dim=128)
+    assert names == ['data', 'teacher_emb']
+    assert sym.list_outputs() == ['softmax_output', 'kd_loss_output', 'embedding_output']
+    with pytest.raises(ValueError, match='projection'):
+        build_training_symbol(student, 10, cfg.loss, cfg.kd, teacher_dim=512)
+    proj = dict(cfg.kd, projection=True)
+    sym, _ = build_training_symbol(student, 10, cfg.loss, proj, teacher_dim=512)
+    shapes = dict(zip(sym.list_arguments(), sym.infer_shape(
+        data=(2, 3, 112, 112), teacher_emb=(2, 512), softmax_label=(2,))[0]))
+    assert shapes['kd_proj_weight'] == (512, 128)
+    assert shapes['fc7_weight'] == (10, 128)
+    plain, names = build_training_symbol(student, 10, cfg.loss)
+    assert names == ['data'] and 'teacher_emb' not in plain.list_arguments()
+
+
+def test_margin_ce_from_probabilities():
+    p = np.array([[0.7, 0.2, 0.1], [0.25, 0.25, 0.5]])
+    assert margin_ce(p, np.array([0, 2])) == pytest.approx(-(np.log(0.7) + np.log(0.5)) / 2)
+
+
+def test_lr_schedule_warmup_then_steps_and_cosine():
+    sched = make_lr_scheduler(dict(mode='step', max_steps=100, steps=[50, 80], factor=0.1,
+                                   warmup_steps=10, warmup_lr=0.0, target_lr=0.0), 0.1)
+    warm = [sched(t) for t in range(10)]
+    assert warm[0] == 0.0 and warm[-1] == pytest.approx(0.1)
+    assert all(a < b for a, b in zip(warm, warm[1:]))          # linear ramp
+    assert sched(30) == pytest.approx(0.1)
+    # boundaries are absolute update counts, as insightface's lr_steps
+    assert sched(49) == pytest.approx(0.1) and sched(50) == pytest.approx(0.01)
+    assert sched(79) == pytest.approx(0.01) and sched(80) == pytest.approx(0.001)
+    cos = make_lr_scheduler(dict(mode='cosine', max_steps=100, steps=[], factor=0.1,
+                                 warmup_steps=0, warmup_lr=0.0, target_lr=0.0), 0.1)
+    assert cos(1) == pytest.approx(0.1, rel=1e-3)
+    assert cos(50) == pytest.approx(0.05, rel=3e-2)
+    assert cos(100) == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,80 @@
+"""Command-line flags shared by ``train/train.py`` and ``train/train_kd.py``.
+
+Flags map onto config keys (:func:`overrides_from_args`); anything else is ``--set
+section.key=value``. Flags win over the preset, which wins over ``train/configs/base.py``.
+"""
+import argparse
+
+from vargfacenet.train.config import list_presets
+
+
+def common_parser(description, run_dir):
+    """Parser with the data, network, schedule and device flags of every training command."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--preset', default='embedded', help='config preset (%s) or a path to a '
+                        '.py file defining CONFIG' % ', '.join(list_presets()))
+    parser.add_argument('--data', default=None,
+                        help='training RecordIO folder (train.rec/.idx/property); default: the '
+                             'embedded synthetic set')
+    parser.add_argument('--val', default=None, help='comma-separated .bin verification packs')
+    parser.add_argument('--test', default=None, help='LFR-style RecordIO test folder')
+    parser.add_argument('--run-dir', default=run_dir, help='output folder of the run')
+    parser.add_argument('--network', default=None, help='network to train (default vargfacenet)')
+    parser.add_argument('--variant', default=None, choices=('official', 'insightface'),
+                        help='VarGFaceNet variant')
+    parser.add_argument('--max-steps', type=int, default=None, help='training steps (per model)')
+    parser.add_argument('--batch-size', type=int, default=None, help='per-device batch size')
+    parser.add_argument('--lr', type=float, default=None, help='base learning rate')
+    parser.add_argument('--ctx', default=None, help='cpu | gpu0 | gpu0,gpu1 ...')
+    parser.add_argument('--kv-store', default=None, choices=('local', 'device'),
+                        help='kvstore for multi-device training')
+    parser.add_argument('--set', dest='overrides', action='append', default=[],
+                        metavar='SECTION.KEY=VALUE', help='any other config override')
+    return parser
+
+
+def add_kd_arguments(parser):
+    """Flags of the distillation driver."""
+    parser.add_argument('--recursive', type=int, default=2,
+                        help='number of distillation generations (1 = plain KD)')
+    parser.add_argument('--teacher', default=None,
+                        help='teacher checkpoint PREFIX,EPOCH; default: train one with '
+                             '--teacher-preset')
+    parser.add_argument('--teacher-layer', default=None,
+                        help='teacher output read as the embedding (default fc1_output)')
+    parser.add_argument('--teacher-preset', default='embedded_teacher',
+                        help='config preset used to train a teacher when --teacher is not given')
+    parser.add_argument('--init', default=None,
+                        help='PREFIX,EPOCH to start generation 1 (and the baseline) from; '
+                             'default random initialisation')
+    parser.add_argument('--alpha', type=float, default=None, help='KD weight (paper: 7)')
+    parser.add_argument('--kd-form', default=None, choices=('l2', 'angular'),
+                        help='l2 = Eq. 5 (paper), angular = Eq. 4')
+    parser.add_argument('--cache-teacher', action='store_true',
+                        help='precompute teacher embeddings once (both mirror orientations)')
+    parser.add_argument('--projection', action='store_true',
+                        help='learn a linear map when student and teacher sizes differ')
+    parser.add_argument('--no-baseline', action='store_true',
+                        help='skip the from-scratch baseline')
+    return parser
+
+
+def overrides_from_args(args):
+    """Command-line flags -> config overrides (the flags win over the preset)."""
+    flags = {('data', 'train'): args.data, ('data', 'test'): args.test,
+             ('data', 'val'): args.val.split(',') if args.val else None,
+             ('network', 'name'): args.network,
+             ('kd', 'alpha'): getattr(args, 'alpha', None),
+             ('kd', 'form'): getattr(args, 'kd_form', None),
+             ('kd', 'teacher_layer'): getattr(args, 'teacher_layer', None),
+             ('kd', 'cache_teacher'): True if getattr(args, 'cache_teacher', False) else None,
+             ('kd', 'projection'): True if getattr(args, 'projection', False) else None,
+             ('schedule', 'max_steps'): args.max_steps, ('train', 'batch_size'): args.batch_size,
+             ('optimizer', 'lr'): args.lr, ('train', 'ctx'): args.ctx,
+             ('train', 'kv_store'): args.kv_store}
+    out = [{section: {key: value}} for (section, key), value in flags.items()
+           if value is not None]
+    if args.variant:
+        out.append({'network': {'kwargs': {'variant': args.variant}}})
+    return out + list(args.overrides)

@@ -1,0 +1,429 @@
+"""The training loop: one function (:func:`fit`) plus small callbacks for periodic work.
+
+A step: (teacher embedding) -> forward/backward of the student with its margin head [and the
+distillation term] -> finite-loss check -> optimizer update -> callbacks (progress line,
+verification on the packs, checkpoint). Nothing here prints; progress goes to ``logging``.
+"""
+import logging
+import math
+import os
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+from vargfacenet.data.atomic import write_json
+from vargfacenet.train import checkpoint as ckpt
+from vargfacenet.train.distill import LABEL, TEACHER_INPUT, build_training_symbol, margin_ce
+
+LOGGER = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before updating the parameters."""
+
+
+def parse_contexts(spec):
+    """``'cpu'`` / ``'gpu0,gpu1'`` / ``'cpu0,cpu1'`` -> list of mx.Context."""
+    contexts = []
+    for part in str(spec).split(','):
+        part = part.strip().lower()
+        kind = part.rstrip('0123456789')
+        index = int(part[len(kind):] or 0)
+        if kind not in ('cpu', 'gpu'):
+            raise ValueError('bad context %r in %r; expected cpu, gpu0, gpu0,gpu1 ...'
+                             % (part, spec))
+        contexts.append(mx.gpu(index) if kind == 'gpu' else mx.cpu(index))
+    return contexts
+
+
+def make_lr_scheduler(schedule, base_lr):
+    """gluoncv warm-up + step/cosine schedule over ``schedule.max_steps`` updates.
+
+    Step boundaries are absolute update counts, as in insightface (x0.1 at 100k, 160k, 220k).
+    """
+    from gluoncv.utils import LRScheduler, LRSequential
+    warmup = int(schedule['warmup_steps'])
+    total = int(schedule['max_steps'])
+    parts = []
+    if warmup > 0:
+        parts.append(LRScheduler('linear', base_lr=schedule['warmup_lr'], target_lr=base_lr,
+                                 niters=warmup))
+    rest = max(total - warmup, 1)
+    if schedule['mode'] == 'cosine':
+        parts.append(LRScheduler('cosine', base_lr=base_lr, target_lr=schedule['target_lr'],
+                                 niters=rest))
+    else:
+        steps = [max(int(s) - warmup, 0) for s in schedule['steps']]
+        parts.append(LRScheduler('step', base_lr=base_lr, niters=rest, step_iter=steps,
+                                 step_factor=schedule['factor']))
+    return LRSequential(parts)
+
+
+def make_optimizer(cfg, num_devices, begin_step, sym):
+    """SGD (or any MXNet optimizer) with the schedule, resuming its update count at ``begin_step``.
+
+    ``rescale_grad = 1/num_devices``: the losses are already means over each device's batch
+    (SoftmaxOutput 'valid', MakeLoss of a mean), as in insightface.
+    """
+    opt = cfg.optimizer
+    params = dict(learning_rate=opt.lr, wd=opt.wd, rescale_grad=1.0 / num_devices,
+                  lr_scheduler=make_lr_scheduler(cfg.schedule, opt.lr),
+                  begin_num_update=begin_step, sym=sym,
+                  param_idx2name=dict(enumerate(n for n in sym.list_arguments()
+                                                if n not in ('data', LABEL, TEACHER_INPUT))))
+    if opt.name == 'sgd':
+        params['momentum'] = opt.momentum
+    if opt.clip_gradient:
+        params['clip_gradient'] = opt.clip_gradient
+    return mx.optimizer.create(opt.name, **params)
+
+
+def make_initializer(train_cfg):
+    return mx.init.Xavier(rnd_type=train_cfg.init_rnd_type, factor_type=train_cfg.init_factor_type,
+                          magnitude=train_cfg.init_magnitude)
+
+
+class TrainState:
+    """Where a run is: step, epoch, position in the epoch, checkpoints, best verification."""
+
+    def __init__(self, **kwargs):
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.checkpoint_index = 0
+        self.checkpoints = []
+        self.best = None
+        self.history = []
+        self.__dict__.update(kwargs)
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+class Callback:
+    """Periodic work; ``every`` <= 0 disables it (except for the final call)."""
+
+    def __init__(self, every):
+        self.every = int(every or 0)
+
+    def due(self, state, final):
+        return final or (self.every > 0 and state.step % self.every == 0)
+
+
+class ProgressLogger(Callback):
+    """A line every N steps: step, epoch, samples/s, loss parts, lr, ETA; a bar on a terminal."""
+
+    def __init__(self, every, max_steps, batch_size, tag=''):
+        super().__init__(every)
+        self.max_steps, self.batch_size, self.tag = max_steps, batch_size, tag
+        self.window = []
+        self.start = None
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=max_steps, desc=tag or 'train', leave=False)
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, run, final=False):
+        state, now = run.state, time.time()
+        if self.start is None:
+            self.start = (now, state.step - 1)
+        self.window.append(run.last_losses)
+        if self.bar is not None:
+            self.bar.n = state.step
+            self.bar.refresh()
+        if not self.due(state, final) or not self.window:
+            return
+        t0, s0 = self.start
+        speed = (state.step - s0) * self.batch_size / max(now - t0, 1e-9)
+        eta = (self.max_steps - state.step) * self.batch_size / max(speed, 1e-9)
+        parts = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
+        LOGGER.info('%sstep %d/%d epoch %d  %.1f samples/s  %s  lr %.3g  ETA %s', self.tag,
+                    state.step, self.max_steps, state.epoch, speed,
+                    '  '.join('%s %.4f' % kv for kv in parts.items()), run.learning_rate(),
+                    _format_seconds(eta))
+        self.window = []
+        if final and self.bar is not None:
+            self.bar.close()
+
+
+class Verifier(Callback):
+    """Verification accuracy on the ``.bin`` packs; remembers the best on one pack."""
+
+    def __init__(self, every, packs, best_on=None, batch_size=32):
+        super().__init__(every)
+        self.packs = list(packs or [])
+        self.best_on = best_on or (os.path.splitext(os.path.basename(self.packs[-1]))[0]
+                                   if self.packs else None)
+        self.batch_size = batch_size
+
+    def __call__(self, run, final=False):
+        if not self.packs or not self.due(run.state, final):
+            return
+        results = run.verify(self.packs, self.batch_size)
+        state = run.state
+        state.history.append(dict(step=state.step, verification=results))
+        score = results.get(self.best_on, {}).get('accuracy_flip_mean')
+        run.is_best = score is not None and (state.best is None or score > state.best['accuracy'])
+        if run.is_best:
+            state.best = dict(step=state.step, pack=self.best_on, accuracy=score)
+        LOGGER.info('%sstep %d verification: %s%s', run.tag, state.step,
+                    '  '.join('%s %.4f+-%.4f' % (name, r['accuracy_flip_mean'],
+                                                 r['accuracy_flip_std'])
+                              for name, r in results.items()),
+                    '  (new best)' if run.is_best else '')
+
+
+class Checkpointer(Callback):
+    """Embedding checkpoint + training state every N steps and at the end; keeps the last
+    ``keep_last`` and the best one."""
+
+    def __init__(self, every, keep_last=2):
+        super().__init__(every)
+        self.keep_last = keep_last
+
+    def __call__(self, run, final=False):
+        if not (self.due(run.state, final) or run.is_best):
+            return
+        state = run.state
+        state.checkpoint_index += 1
+        index = state.checkpoint_index
+        state.checkpoints.append(dict(index=index, step=state.step))
+        if run.is_best and state.best is not None:
+            state.best['index'] = index
+        run.save(index)
+        keep = {c['index'] for c in state.checkpoints[-self.keep_last:]}
+        if state.best and 'index' in state.best:
+            keep.add(state.best['index'])
+        for entry in list(state.checkpoints):
+            if entry['index'] not in keep:
+                ckpt.remove_checkpoint(run.prefix, entry['index'])
+                state.checkpoints.remove(entry)
+
+
+def _format_seconds(seconds):
+    seconds = int(seconds)
+    return '%d:%02d:%02d' % (seconds // 3600, seconds % 3600 // 60, seconds % 60)
+
+
+class Run:
+    """A bound training module with its data, teacher, state and callbacks.
+
+    Parameters
+    ----------
+    cfg : EasyDict
+        Resolved config (see ``train/configs/base.py``).
+    embedding_sym : Symbol
+        The faithful student graph up to ``fc1_output`` (what checkpoints export).
+    train_iter : FaceImageIter
+    num_classes : int
+    prefix : str
+        Checkpoint prefix (``run_dir/model`` or ``run_dir/model-gen1`` ...).
+    teacher : FrozenTeacher or None
+    teacher_cache : TeacherCache or None
+    init : (arg_params, aux_params) or None
+        Starting values (e.g. the previous generation); anything missing is initialised.
+    tag : str
+        Prefix of log lines.
+    """
+
+    def __init__(self, cfg, embedding_sym, train_iter, num_classes, prefix, teacher=None,
+                 teacher_cache=None, init=None, tag=''):
+        self.cfg, self.embedding_sym, self.train_iter = cfg, embedding_sym, train_iter
+        self.prefix, self.teacher, self.teacher_cache, self.tag = prefix, teacher, teacher_cache, tag
+        self.contexts = parse_contexts(cfg.train.ctx)
+        self.state = TrainState()
+        self.is_best = False
+        self.last_losses = {}
+        kd_cfg = cfg.kd if (teacher is not None or teacher_cache is not None) else None
+        teacher_dim = None
+        if kd_cfg is not None:
+            teacher_dim = teacher.dim if teacher is not None else teacher_cache.embeddings.shape[2]
+        self.train_sym, self.data_names = build_training_symbol(
+            embedding_sym, num_classes, cfg.loss, kd_cfg, teacher_dim)
+        self.exec_sym = self._fast(self.train_sym)
+        self.batch_size = cfg.train.batch_size * len(self.contexts)
+        self.module = mx.mod.Module(self.exec_sym, data_names=self.data_names,
+                                    label_names=[LABEL], context=self.contexts)
+        data_shapes = [('data', (self.batch_size, 3, 112, 112))]
+        if kd_cfg is not None:
+            data_shapes.append((TEACHER_INPUT, (self.batch_size, teacher_dim)))
+        self.module.bind(data_shapes=data_shapes,
+                         label_shapes=[(LABEL, (self.batch_size,))], for_training=True)
+        mx.random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        arg, aux = init if init is not None else (None, None)
+        if arg is not None:
+            known = set(self.train_sym.list_arguments())
+            LOGGER.info('%sinitialising %d of %d parameter arrays from the given model', tag,
+                        len(set(arg) & known), len(known) - len(self.data_names) - 1)
+        self.module.init_params(make_initializer(cfg.train), arg_params=arg, aux_params=aux,
+                                allow_missing=True, allow_extra=True)
+
+    def _fast(self, sym):
+        if not self.cfg.train.fast_path:
+            return sym
+        try:
+            from vargfacenet.symbol import fastpath
+        except ImportError:
+            return sym
+        if not fastpath.is_available():
+            return sym
+        return fastpath.optimize(sym, mode='train')
+
+    def learning_rate(self):
+        opt = self.module._optimizer
+        return opt.lr_scheduler(max(opt.num_update, 1)) if opt.lr_scheduler else opt.lr
+
+    # -- state ---------------------------------------------------------------------------
+    def init_optimizer(self, begin_step=0):
+        kv = self.cfg.train.kv_store if len(self.contexts) > 1 else None
+        self.module.init_optimizer(kvstore=kv, optimizer=make_optimizer(
+            self.cfg, len(self.contexts), begin_step, self.train_sym), force_init=True)
+
+    def save(self, index):
+        arg, aux = self.module.get_params()
+        dep_arg, dep_aux, extra = ckpt.split_params(self.embedding_sym, arg, aux)
+        ckpt.save_embedding(self.prefix, index, self.embedding_sym, dep_arg, dep_aux)
+        tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
+        try:
+            self.module.save_optimizer_states(tmp)
+            with open(tmp, 'rb') as f:
+                opt_states = f.read()
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        progress = self.state.as_dict()
+        progress['numpy_rng'] = np.random.get_state()
+        ckpt.save_state(self.prefix, index, extra, opt_states, progress)
+        LOGGER.info('%scheckpoint %s-%04d.params (step %d)', self.tag, self.prefix, index,
+                    self.state.step)
+
+    def restore(self, index):
+        """Load checkpoint ``index`` (params + state) to continue exactly where it was."""
+        arg, aux = ckpt.load_embedding(self.prefix, index)
+        payload = ckpt.load_state(self.prefix, index)
+        arg.update(payload['extra'])
+        self.module.set_params(arg, aux, allow_missing=False, allow_extra=True)
+        progress = dict(payload['progress'])
+        np.random.set_state(progress.pop('numpy_rng'))
+        self.state = TrainState(**progress)
+        self.init_optimizer(begin_step=self.state.step)
+        tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
+        try:
+            with open(tmp, 'wb') as f:
+                f.write(payload['optimizer'])
+            self.module.load_optimizer_states(tmp)
+        finally:
+            os.remove(tmp)
+        LOGGER.info('%sresumed from %s-%04d at step %d (epoch %d, batch %d)', self.tag,
+                    self.prefix, index, self.state.step, self.state.epoch,
+                    self.state.batch_in_epoch)
+
+    # -- work ----------------------------------------------------------------------------
+    def verify(self, packs, batch_size):
+        from vargfacenet.eval.embed import Embedder
+        from vargfacenet.eval.verification import evaluate_bin
+        arg, aux = self.module.get_params()
+        dep_arg, dep_aux, _ = ckpt.split_params(self.embedding_sym, arg, aux)
+        embedder = Embedder(self.embedding_sym, dep_arg, dep_aux, ctx=self.contexts[0],
+                            batch_size=batch_size)
+        results = {}
+        for pack in packs:
+            name = os.path.splitext(os.path.basename(pack))[0]
+            results[name] = evaluate_bin(embedder, pack)
+        return results
+
+    def _teacher_embeddings(self, batch):
+        if self.teacher_cache is not None:
+            return mx.nd.array(self.teacher_cache.lookup(batch.index, batch.mirrored))
+        return self.teacher.embed(batch.data[0])
+
+    def _batches(self):
+        """Endless batches, resuming at (state.epoch, state.batch_in_epoch)."""
+        it = self.train_iter
+        it.set_epoch(self.state.epoch)
+        skip = self.state.batch_in_epoch
+        while True:
+            for batch in it:
+                if skip:
+                    skip -= 1
+                    continue
+                yield batch
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            it.set_epoch(self.state.epoch)
+
+    def step(self, batch):
+        data = [batch.data[0]]
+        if TEACHER_INPUT in self.data_names:
+            data.append(self._teacher_embeddings(batch))
+        self.module.forward_backward(mx.io.DataBatch(data=data, label=batch.label))
+        outputs = self.module.get_outputs()
+        losses = {'ce': margin_ce(outputs[0].asnumpy(), batch.label[0].asnumpy())}
+        if TEACHER_INPUT in self.data_names:
+            losses['kd'] = float(outputs[1].asnumpy().mean())
+            losses['total'] = losses['ce'] + losses['kd']
+        return losses
+
+
+def fit(run, max_steps, callbacks, resume_index=None, stop_check=None):
+    """Train ``run`` until ``max_steps`` updates, calling ``callbacks`` after each step.
+
+    Parameters
+    ----------
+    run : Run
+    max_steps : int
+    callbacks : list of callable(run, final=False)
+        Called after every update (each decides whether it is due) and once at the end with
+        ``final=True``.
+    resume_index : int or None
+        Checkpoint to continue from.
+    stop_check : callable(run, step, losses) or None
+        Test hook: called before each update (``step`` is the update about to happen); it may
+        raise to simulate a crash or return altered losses.
+
+    Returns
+    -------
+    TrainState
+    """
+    if resume_index is not None:
+        run.restore(resume_index)
+    else:
+        run.init_optimizer(begin_step=0)
+    state = run.state
+    if state.step >= max_steps:
+        LOGGER.info('%salready at step %d of %d', run.tag, state.step, max_steps)
+        return state
+    batches = run._batches()
+    while state.step < max_steps:
+        batch = next(batches)
+        losses = run.step(batch)
+        if stop_check is not None:
+            losses = stop_check(run, state.step + 1, losses) or losses
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteLossError(
+                '%snon-finite loss at step %d (%s); stopped before the update. The last good '
+                'checkpoint is %s. Lower optimizer.lr, add schedule.warmup_steps or '
+                'optimizer.clip_gradient (see insightface #980/#1295).'
+                % (run.tag, state.step + 1, ', '.join('%s=%s' % kv for kv in bad.items()),
+                   ('%s-%04d.params' % (run.prefix, state.checkpoint_index))
+                   if state.checkpoint_index else 'none (no checkpoint was saved yet)'))
+        run.module.update()
+        state.step += 1
+        state.batch_in_epoch += 1
+        run.last_losses = losses
+        run.is_best = False
+        for callback in callbacks:
+            callback(run, final=state.step >= max_steps)
+    return state
+
+
+def write_metrics(path, **fields):
+    """metrics.json beside the checkpoints (see eval/report.py for the schema)."""
+    write_json(path, fields)

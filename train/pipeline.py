@@ -1,0 +1,258 @@
+"""Whole jobs built from the loop: one training run, evaluation of a checkpoint, recursive KD.
+
+These are what the command-line scripts call (``train/train.py``, ``train/train_kd.py``).
+"""
+import logging
+import os
+import time
+
+import mxnet as mx
+
+from vargfacenet.data.atomic import write_json
+from vargfacenet.symbol import get_symbol
+from vargfacenet.train import checkpoint as ckpt
+from vargfacenet.train.config import save_config
+from vargfacenet.train.loop import (Checkpointer, ProgressLogger, Run, Verifier, fit,
+                                    parse_contexts)
+
+LOGGER = logging.getLogger(__name__)
+
+
+def resolve_data(cfg):
+    """Fill ``cfg.data.train/val/test`` (the synthetic set where None).
+
+    Returns
+    -------
+    str
+        ``'synthetic'`` when any part is the embedded synthetic set, else ``'user'``: the label
+        every reported number carries.
+    """
+    data = cfg.data
+    synthetic = data.train is None or data.val is None or data.test is None
+    if synthetic:
+        from vargfacenet.data.synthetic import ensure_dataset
+        built = ensure_dataset(data.synthetic_root, preset=data.synthetic_preset,
+                               seed=data.synthetic_seed)
+        if data.train is None:
+            data.train = built['train']
+        if data.val is None:
+            data.val = [built['bins'][k] for k in sorted(built['bins'])]
+        if data.test is None:
+            data.test = built['test']
+    if isinstance(data.val, str):
+        data.val = [p for p in data.val.split(',') if p]
+    for path in [data.train, data.test] + list(data.val):
+        if path and not os.path.exists(path):
+            raise FileNotFoundError('data path %s does not exist' % path)
+    return 'synthetic' if synthetic else 'user'
+
+
+def make_train_iter(cfg, seed_offset=0):
+    from vargfacenet.data.iterator import FaceImageIter
+    batch = cfg.train.batch_size * len(parse_contexts(cfg.train.ctx))
+    return FaceImageIter(cfg.data.train, batch, shuffle=True, seed=cfg.train.seed + seed_offset,
+                         rand_mirror=cfg.data.rand_mirror, num_workers=cfg.data.num_workers,
+                         skip_bad=cfg.data.skip_bad)
+
+
+def latest_resumable(prefix):
+    """Highest checkpoint index of ``prefix`` that has a training state, or None."""
+    found = ckpt.checkpoint_indices(prefix, with_state=True)
+    return found[-1] if found else None
+
+
+def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init=None,
+              resume=False, stop_check=None, tag=''):
+    """Train one network (from scratch, from ``init``, or distilled from ``teacher``).
+
+    Returns
+    -------
+    dict
+        ``prefix``, ``index`` (final checkpoint), ``best`` ..., also written to
+        ``<run_dir>/<name>-train.json``.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    prefix = os.path.join(run_dir, name)
+    save_config(cfg, os.path.join(run_dir, '%s-config.json' % name))
+    embedding_sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
+    train_iter = make_train_iter(cfg)
+    num_classes = train_iter.num_classes
+    resume_index = latest_resumable(prefix) if resume else None
+    if resume and resume_index is None:
+        LOGGER.info('%sno checkpoint with training state under %s: starting fresh', tag, prefix)
+    if resume_index is None and ckpt.checkpoint_indices(prefix):
+        raise FileExistsError('%s already holds checkpoints of %r; pass --resume to continue '
+                              'them or choose another --run-dir' % (run_dir, name))
+    run = Run(cfg, embedding_sym, train_iter, num_classes, prefix, teacher=teacher,
+              teacher_cache=teacher_cache, init=None if resume_index else init, tag=tag)
+    callbacks = [ProgressLogger(cfg.log.every, cfg.schedule.max_steps, run.batch_size, tag),
+                 Verifier(cfg.log.verify_every, cfg.data.val, cfg.log.best_on),
+                 Checkpointer(cfg.log.checkpoint_every)]
+    start = time.time()
+    state = fit(run, cfg.schedule.max_steps, callbacks, resume_index=resume_index,
+                stop_check=stop_check)
+    summary = dict(name=name, prefix=prefix, index=state.checkpoint_index, steps=state.step,
+                   best=state.best, history=state.history, seconds=time.time() - start,
+                   network=cfg.network.name, network_kwargs=dict(cfg.network.kwargs),
+                   num_classes=num_classes, batch_size=run.batch_size,
+                   distilled=teacher is not None or teacher_cache is not None)
+    write_json(os.path.join(run_dir, '%s-train.json' % name), summary)
+    return summary
+
+
+def load_init(spec):
+    """``'PREFIX,EPOCH'`` -> (arg_params, aux_params), adding the head from a ``.state`` file
+    beside it when there is one (so a student keeps its fc7 across generations)."""
+    prefix, epoch = parse_model_spec(spec)
+    _, arg, aux = ckpt.load_embedding(prefix, epoch)
+    state_path = '%s-%04d.state' % (prefix, epoch)
+    if os.path.isfile(state_path):
+        arg.update(ckpt.load_state(prefix, epoch)['extra'])
+    return arg, aux
+
+
+def parse_model_spec(spec):
+    """``'PREFIX,EPOCH'`` -> (prefix, int epoch) with a clear error."""
+    if isinstance(spec, (tuple, list)):
+        return spec[0], int(spec[1])
+    parts = str(spec).rsplit(',', 1)
+    if len(parts) != 2 or not parts[1].strip().isdigit():
+        raise ValueError('model %r must be given as PREFIX,EPOCH (e.g. models/r100/model,1)'
+                         % (spec,))
+    return parts[0], int(parts[1])
+
+
+def evaluate_checkpoint(prefix, index, packs, test_rec=None, batch_size=32, ctx=mx.cpu()):
+    """Verification accuracy per pack and (optionally) LFR TPR@FPR of one checkpoint."""
+    from vargfacenet.eval.embed import Embedder
+    from vargfacenet.eval.verification import evaluate_bin
+    sym, arg, aux = ckpt.load_embedding(prefix, index)
+    embedder = Embedder(sym.get_internals()['fc1_output'], arg, aux, ctx=ctx,
+                        batch_size=batch_size)
+    out = {'verification': {}}
+    for pack in packs:
+        name = os.path.splitext(os.path.basename(pack))[0]
+        out['verification'][name] = evaluate_bin(embedder, pack)
+    if test_rec:
+        from vargfacenet.eval.lfr import evaluate_rec
+        out['lfr'] = evaluate_rec(embedder, test_rec)
+    return out
+
+
+def find_checkpoint(prefix):
+    """The last checkpoint index saved under ``prefix``, or None."""
+    found = ckpt.checkpoint_indices(prefix)
+    return found[-1] if found else None
+
+
+
+def _same_config(run_dir, name, cfg):
+    path = os.path.join(run_dir, '%s-config.json' % name)
+    if not os.path.isfile(path):
+        return False
+    import json
+    with open(path) as f:
+        return json.load(f) == json.loads(json.dumps(cfg))
+
+
+def train_or_reuse(cfg, run_dir, name, tag='', **kwargs):
+    """Stage of a longer job: reuse a finished run with the same config, resume an unfinished
+    one, otherwise train. A run with another config under the same name is an error."""
+    done = os.path.join(run_dir, '%s-train.json' % name)
+    if os.path.isfile(done) and _same_config(run_dir, name, cfg):
+        import json
+        with open(done) as f:
+            summary = json.load(f)
+        if summary.get('steps') == cfg.schedule.max_steps and find_checkpoint(summary['prefix']):
+            LOGGER.info('%sreusing finished run %s (%d steps)', tag, summary['prefix'],
+                        summary['steps'])
+            return summary
+    prefix = os.path.join(run_dir, name)
+    if ckpt.checkpoint_indices(prefix) and not _same_config(run_dir, name, cfg):
+        raise FileExistsError('%s holds a run %r with a different config; choose another '
+                              '--run-dir or delete it' % (run_dir, name))
+    return train_one(cfg, run_dir, name, resume=True, tag=tag, **kwargs)
+
+
+def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None, init=None,
+                 baseline=True, stop_check=None):
+    """Recursive knowledge distillation (VarGFaceNet section 3.3).
+
+    The same frozen teacher distils generation 1 (from random init or ``init``); generation k+1
+    starts from generation k's student with a fresh optimizer and schedule. Optionally a
+    from-scratch baseline with the same step budget, and a teacher trained first when none is
+    given. Every stage is reused when finished and resumed when interrupted.
+
+    Returns
+    -------
+    list of dict
+        One entry per model (teacher, scratch, gen1..genN): name, prefix, index, evaluation.
+    """
+    from vargfacenet.train.distill import FrozenTeacher, TeacherCache
+    if generations < 1:
+        raise ValueError('--recursive must be >= 1, got %r' % (generations,))
+    if cfg.data.train is None:
+        raise ValueError('resolve the data paths first (resolve_data)')
+    os.makedirs(run_dir, exist_ok=True)
+    models = []
+    if teacher_spec is None:
+        if teacher_cfg is None:
+            raise ValueError('give a teacher checkpoint (--teacher PREFIX,EPOCH) or a teacher '
+                             'config to train one')
+        teacher_cfg.data.update(train=cfg.data.train, val=cfg.data.val, test=cfg.data.test)
+        summary = train_or_reuse(teacher_cfg, run_dir, 'teacher', tag='[teacher] ')
+        teacher_spec = (summary['prefix'], summary['index'])
+        models.append(dict(name='teacher (%s)' % teacher_cfg.network.name, **summary))
+    else:
+        teacher_spec = parse_model_spec(teacher_spec)
+        models.append(dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1]))
+    ctx = parse_contexts(cfg.train.ctx)
+    teacher = FrozenTeacher.load(teacher_spec[0], teacher_spec[1], layer=cfg.kd.teacher_layer,
+                                 batch_size=cfg.train.batch_size * len(ctx), ctx=ctx)
+    cache = None
+    if cfg.kd.cache_teacher:
+        from vargfacenet.data.recordio import FaceRecordReader
+        path = os.path.join(run_dir, 'teacher-embeddings.npz')
+        if os.path.isfile(path):
+            cache = TeacherCache.load(path)
+        else:
+            with FaceRecordReader(cfg.data.train) as reader:
+                cache = TeacherCache.build(teacher, reader, path)
+    if baseline:
+        summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
+                                 init=load_init(init) if init else None)
+        models.append(dict(name='from scratch', **summary))
+    previous = load_init(init) if init else None
+    for generation in range(1, generations + 1):
+        name = 'model-gen%d' % generation
+        summary = train_or_reuse(cfg, run_dir, name, tag='[gen%d] ' % generation,
+                                 teacher=None if cache else teacher, teacher_cache=cache,
+                                 init=previous, stop_check=stop_check)
+        models.append(dict(name='recursive=%d' % generation, **summary))
+        previous = load_init((summary['prefix'], summary['index']))
+    return models
+
+
+def evaluate_models(models, cfg, dataset_label):
+    """Evaluate each model's final checkpoint; writes ``<prefix>-metrics.json`` per model."""
+    results = []
+    for model in models:
+        LOGGER.info('evaluating %s (%s,%d)', model['name'], model['prefix'], model['index'])
+        metrics = evaluate_checkpoint(model['prefix'], model['index'], cfg.data.val,
+                                      cfg.data.test)
+        entry = dict(name=model['name'], prefix=model['prefix'], index=model['index'],
+                     steps=model.get('steps'), network=model.get('network'),
+                     dataset=dataset_label, **metrics)
+        write_json('%s-metrics.json' % model['prefix'], entry)
+        results.append(entry)
+    return results
+
+
+def init_logging(log_path=None, level=logging.INFO):
+    """Log to stderr and, when given, to ``log_path`` (appending, so resumed runs keep history)."""
+    handlers = [logging.StreamHandler()]
+    if log_path:
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_path))
+    logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(message)s',
+                        handlers=handlers, force=True)

@@ -1,0 +1,39 @@
+"""Train a registered network from scratch with a margin head: ``python train/train.py``.
+
+Defaults to VarGFaceNet on the embedded synthetic data set; ``--data`` takes an insightface
+RecordIO folder, ``--val`` its ``.bin`` packs. ``--resume`` continues the run in ``--run-dir``
+from its last checkpoint with the same schedule.
+"""
+import logging
+import os
+
+from vargfacenet.train import pipeline
+from vargfacenet.train.cli import common_parser, overrides_from_args
+from vargfacenet.train.config import load_config
+
+LOGGER = logging.getLogger('vargfacenet.train')
+
+
+def build_parser():
+    parser = common_parser('Train a face embedding network from scratch with a margin head.',
+                           run_dir='work/runs/train')
+    parser.add_argument('--name', default='model', help='checkpoint prefix inside --run-dir')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from the last checkpoint in --run-dir')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
+    cfg = load_config(args.preset, overrides_from_args(args))
+    data_label = pipeline.resolve_data(cfg)
+    summary = pipeline.train_one(cfg, args.run_dir, args.name, resume=args.resume)
+    results = pipeline.evaluate_models([dict(name=args.name, **summary)], cfg, data_label)
+    for pack, r in results[0]['verification'].items():
+        LOGGER.info('%s: accuracy %.4f +- %.4f (%s data)', pack, r['accuracy_flip_mean'],
+                    r['accuracy_flip_std'], data_label)
+
+
+if __name__ == '__main__':
+    main()
