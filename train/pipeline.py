@@ -256,3 +256,41 @@ def init_logging(log_path=None, level=logging.INFO):
         handlers.append(logging.FileHandler(log_path))
     logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(message)s',
                         handlers=handlers, force=True)
+
+
+def results_table(results, fprs=(1e-4, 1e-6)):
+    """Markdown table of evaluated models: accuracy per pack (mean +- std), TPR@FPR on the test
+    set, and the data set every number was measured on."""
+    packs = sorted({p for r in results for p in r.get('verification', {})})
+    header = ['model', 'steps'] + packs + ['TPR@FPR=%g' % f for f in fprs] + ['data']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for r in results:
+        cells = [r['name'], str(r.get('steps') or '')]
+        for p in packs:
+            v = r.get('verification', {}).get(p)
+            cells.append('%.4f +- %.4f' % (v['accuracy_flip_mean'], v['accuracy_flip_std'])
+                         if v else '')
+        for f in fprs:
+            cells.append(_tpr_cell(r.get('lfr'), f))
+        cells.append(r.get('dataset', ''))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def _tpr_cell(lfr, fpr):
+    if not lfr:
+        return ''
+    for row in lfr.get('tpr_at_fpr', []):
+        if abs(row['fpr'] - fpr) <= 1e-12 * max(fpr, 1e-30) or row['fpr'] == fpr:
+            return '%.4f' % row['tpr'] if row.get('measurable', True) and row.get(
+                'tpr') is not None else 'n/m'
+    return ''
+
+
+def write_run_report(results, run_dir):
+    """``report.md`` (our table, then the published rows) and ``roc.png`` in ``run_dir``."""
+    from vargfacenet.eval.report import write_report
+    table = results_table(results)
+    paths = write_report(results, run_dir, title='VarGFaceNet recursive distillation')
+    write_json(os.path.join(run_dir, 'results.json'), results)
+    return dict(table=table, **paths)
