@@ -1,0 +1,140 @@
+"""LFR2019 deepglint-light metric: TPR at fixed FPR over all pairs of a test set; plus 1:N.
+
+``python eval/lfr.py --model PREFIX,EPOCH --rec TEST_DIR [--fpr 1e-1,...,1e-8] [--json F]``
+(identities from the RecordIO labels) or ``--features F.bin --labels L.npy`` (features in the
+challenge layout, see ``eval/features.py``).
+"""
+import argparse
+import logging
+
+import numpy as np
+
+from vargfacenet.eval import metrics
+
+LOGGER = logging.getLogger(__name__)
+
+
+def open_set_split(labels):
+    """Gallery/probe split for identification.
+
+    Identities with several images alternate: even ones are enrolled (first image in the
+    gallery, the rest are mated probes), odd ones are not (all their images are non-mated
+    probes). Single-image identities (distractors) go to the gallery.
+    """
+    labels = np.asarray(labels)
+    gallery, probes = [], []
+    multi = [k for k in np.unique(labels) if np.sum(labels == k) > 1]
+    enrolled = set(multi[0::2])
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        if len(idx) == 1:
+            gallery.append(idx[0])
+        elif k in enrolled:
+            gallery.append(idx[0])
+            probes.extend(idx[1:])
+        else:
+            probes.extend(idx)
+    return np.array(gallery, np.int64), np.array(probes, np.int64)
+
+
+def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='features'):
+    """TPR@FPR rows, pair counts and identification of a labelled feature matrix."""
+    features = np.asarray(features, np.float32)
+    labels = np.asarray(labels)
+    if features.ndim != 2:
+        raise ValueError('%s: features must be (N, D), got shape %s' % (source, features.shape))
+    if len(labels) != len(features):
+        raise ValueError('%s: %d labels for %d feature rows' % (source, len(labels),
+                                                                len(features)))
+    if not np.isfinite(features).all():
+        raise ValueError('%s: features contain NaN or inf' % source)
+    counts = np.unique(labels, return_counts=True)[1]
+    if not np.any(counts >= 2):
+        raise ValueError('%s: no identity has two images, so there are no genuine pairs'
+                         % source)
+    result = metrics.tpr_at_fpr(features, labels, fprs)
+    gallery, probes = open_set_split(labels)
+    ident = metrics.identification(features[gallery], labels[gallery], features[probes],
+                                   labels[probes])
+    fpr, tpr = metrics.roc_from_histogram(result['genuine_scores'],
+                                          result['impostor_histogram'])
+    keep = np.unique(np.geomspace(1, len(fpr), 400).astype(int) - 1)   # thin the curve
+    return dict(tpr_at_fpr=result['rows'], num_genuine=result['num_genuine'],
+                num_impostor=result['num_impostor'], num_images=len(labels),
+                num_identities=int(len(counts)), identification=ident,
+                roc=dict(fpr=fpr[keep].tolist(), tpr=tpr[keep].tolist()))
+
+
+def evaluate_rec(embedder, rec_path, fprs=metrics.DEFAULT_FPRS):
+    """Embed every image of a RecordIO test set (flip-summed) and evaluate."""
+    from vargfacenet.data.recordio import FaceRecordReader
+    with FaceRecordReader(rec_path) as reader:
+        labels = reader.labels()
+        images = np.stack([reader.read_image(int(k))[1] for k in reader.image_keys])
+    features = embedder.embed(images, flip=True)['embeddings']
+    return evaluate_features(features, labels, fprs, source=rec_path)
+
+
+def format_rows(result):
+    lines = ['genuine pairs %d, impostor pairs %d' % (result['num_genuine'],
+                                                      result['num_impostor'])]
+    for row in result['tpr_at_fpr']:
+        if row['measurable']:
+            lines.append('TPR@FPR=%g: %.5f (threshold %.4f)' % (row['fpr'], row['tpr'],
+                                                               row['threshold']))
+        else:
+            lines.append('TPR@FPR=%g: not measurable (fewer than 1/FPR impostor pairs)'
+                         % row['fpr'])
+    ident = result['identification']
+    lines.append('identification: rank-1 %s, gallery %d, mated %d, non-mated %d' % (
+        '%.4f' % ident['rank1'] if ident['rank1'] is not None else 'n/a', ident['num_gallery'],
+        ident['num_mated'], ident['num_nonmated']))
+    for row in ident['tpir']:
+        lines.append('TPIR@FPIR=%g: %s' % (row['fpir'], '%.4f' % row['tpir']
+                                           if row['measurable'] else 'not measurable'))
+    return '\n'.join(lines)
+
+
+def parse_fprs(text):
+    try:
+        fprs = [float(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise ValueError('--fpr %r: expected comma-separated numbers' % (text,))
+    return metrics._check_fprs(fprs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', help='checkpoint PREFIX,EPOCH')
+    parser.add_argument('--rec', help='RecordIO test folder')
+    parser.add_argument('--features', help='challenge-layout feature file')
+    parser.add_argument('--labels', help='identity labels .npy for --features')
+    parser.add_argument('--fpr', default=','.join('%g' % f for f in metrics.DEFAULT_FPRS),
+                        help='comma-separated FPR values in (0, 1)')
+    parser.add_argument('--batch-size', type=int, default=32, help='inference batch size')
+    parser.add_argument('--json', help='also write the figures to this JSON file')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    try:
+        fprs = parse_fprs(args.fpr)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.features:
+        from vargfacenet.eval.features import read_features
+        if not args.labels:
+            parser.error('--features needs --labels')
+        result = evaluate_features(read_features(args.features), np.load(args.labels), fprs,
+                                   source=args.features)
+    elif args.model and args.rec:
+        from vargfacenet.eval.embed import embedder_from_arg
+        result = evaluate_rec(embedder_from_arg(args.model, args.batch_size), args.rec, fprs)
+    else:
+        parser.error('give --model and --rec, or --features and --labels')
+    print(format_rows(result))
+    if args.json:
+        from vargfacenet.data.atomic import write_json
+        write_json(args.json, result)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,94 @@
+"""Verification accuracy on ``.bin`` packs (LFW / CFP-FP / AgeDB-30 protocol).
+
+``python eval/verification.py --model PREFIX,EPOCH --data lfw.bin,cfp_fp.bin [--json out.json]``
+or, for features from any framework, ``--embeddings E.npy --issame I.npy`` (E: 2P x D, rows 2k and
+2k+1 are pair k; I: P booleans).
+
+Reported per pack: 10-fold accuracy mean +- std with flip (insightface's "Accuracy-Flip"), without
+flip, XNorm (mean L2 norm of the raw embeddings), AUC, EER and the median best threshold.
+"""
+import argparse
+import logging
+import os
+
+import numpy as np
+
+from vargfacenet.eval import metrics
+
+LOGGER = logging.getLogger(__name__)
+
+
+def evaluate_embeddings(embeddings, issame):
+    """Accuracy (10 folds), AUC, EER of L2-normalised pair embeddings."""
+    embeddings = metrics.l2_normalize(embeddings)
+    issame = np.asarray(issame, bool)
+    acc = metrics.verification_accuracy(embeddings, issame)
+    n = acc['num_pairs']
+    scores = np.sum(embeddings[0:2 * n:2] * embeddings[1:2 * n:2], axis=1)
+    return dict(accuracy_mean=acc['accuracy_mean'], accuracy_std=acc['accuracy_std'],
+                best_threshold=float(np.median(acc['best_thresholds'])),
+                auc=metrics.roc_auc(scores, issame[:n]),
+                eer=metrics.equal_error_rate(scores, issame[:n]), num_pairs=n)
+
+
+def evaluate_bin(embedder, bin_path):
+    """All verification figures of one pack for an :class:`~vargfacenet.eval.embed.Embedder`."""
+    from vargfacenet.data.binpack import load_bin
+    images, issame = load_bin(bin_path)
+    out = embedder.embed(images, flip=True)
+    flip = evaluate_embeddings(out['embeddings'], issame)
+    noflip = evaluate_embeddings(out['raw'], issame)
+    xnorm = float(np.mean(np.linalg.norm(np.concatenate([out['raw'], out['raw_flip']]), axis=1)))
+    return dict(name=os.path.splitext(os.path.basename(bin_path))[0],
+                accuracy_flip_mean=flip['accuracy_mean'], accuracy_flip_std=flip['accuracy_std'],
+                accuracy_noflip_mean=noflip['accuracy_mean'],
+                accuracy_noflip_std=noflip['accuracy_std'], xnorm=xnorm, auc=flip['auc'],
+                eer=flip['eer'], best_threshold=flip['best_threshold'],
+                num_pairs=flip['num_pairs'])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', help='checkpoint PREFIX,EPOCH')
+    parser.add_argument('--data', help='comma-separated .bin packs')
+    parser.add_argument('--embeddings', help='precomputed embeddings .npy (2P x D)')
+    parser.add_argument('--issame', help='pair labels .npy (P booleans), with --embeddings')
+    parser.add_argument('--batch-size', type=int, default=32, help='inference batch size')
+    parser.add_argument('--json', help='also write the figures to this JSON file')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    results = {}
+    if args.embeddings or args.issame:
+        if not (args.embeddings and args.issame):
+            parser.error('--embeddings and --issame go together')
+        emb, issame = np.load(args.embeddings), np.load(args.issame)
+        if emb.ndim != 2 or len(emb) != 2 * len(issame):
+            parser.error('%s has shape %s: expected (2P, D) with P = %d pairs from %s'
+                         % (args.embeddings, emb.shape, len(issame), args.issame))
+        if not np.isfinite(emb).all():
+            parser.error('%s contains NaN or inf values' % args.embeddings)
+        results['embeddings'] = evaluate_embeddings(emb, issame)
+    elif args.model and args.data:
+        from vargfacenet.eval.embed import embedder_from_arg
+        embedder = embedder_from_arg(args.model, args.batch_size)
+        for path in args.data.split(','):
+            results[os.path.splitext(os.path.basename(path))[0]] = evaluate_bin(embedder, path)
+    else:
+        parser.error('give --model and --data, or --embeddings and --issame')
+    for name, r in results.items():
+        if 'accuracy_flip_mean' in r:
+            print('[%s] Accuracy-Flip: %.5f+-%.5f  no-flip %.5f  XNorm %.3f  AUC %.5f  EER %.5f  '
+                  'threshold %.2f' % (name, r['accuracy_flip_mean'], r['accuracy_flip_std'],
+                                      r['accuracy_noflip_mean'], r['xnorm'], r['auc'], r['eer'],
+                                      r['best_threshold']))
+        else:
+            print('[%s] Accuracy: %.5f+-%.5f  AUC %.5f  EER %.5f  threshold %.2f'
+                  % (name, r['accuracy_mean'], r['accuracy_std'], r['auc'], r['eer'],
+                     r['best_threshold']))
+    if args.json:
+        from vargfacenet.data.atomic import write_json
+        write_json(args.json, results)
+
+
+if __name__ == '__main__':
+    main()
