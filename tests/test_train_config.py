@@ -15,7 +15,7 @@ from vargfacenet.train.loop import make_lr_scheduler
 def test_presets_merge_over_base_and_reject_unknown_keys(tmp_path):
     assert {'embedded', 'embedded_teacher', 'tiny'} <= set(list_presets())
     cfg = load_config('tiny', ['optimizer.lr=0.05', {'kd': {'alpha': 3.0}}])
-    assert cfg.train.batch_size == 2                 # from the preset
+    assert cfg.train.batch_size == 4                 # from the preset
     assert cfg.optimizer.lr == 0.05                  # from an override string
     assert cfg.kd.alpha == 3.0 and cfg.kd.form == 'l2'   # dict override, base default kept
     assert cfg.loss.s == 64.0 and cfg.optimizer.momentum == 0.9

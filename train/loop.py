@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -282,11 +283,25 @@ class Run:
     # -- state ---------------------------------------------------------------------------
     def init_optimizer(self, begin_step=0):
         kv = self.cfg.train.kv_store if len(self.contexts) > 1 else None
-        self.module.init_optimizer(kvstore=kv, optimizer=make_optimizer(
-            self.cfg, len(self.contexts), begin_step, self.train_sym), force_init=True)
+        with warnings.catch_warnings():
+            # Module expects rescale_grad = 1/batch; our losses are already batch means
+            warnings.filterwarnings('ignore', message='Optimizer created manually')
+            self.module.init_optimizer(kvstore=kv, optimizer=make_optimizer(
+                self.cfg, len(self.contexts), begin_step, self.train_sym), force_init=True)
+
+    def current_params(self):
+        """(arg, aux) copies of the module's current values.
+
+        BatchNorm's moving statistics are written by its backward pass without the engine
+        ordering that write before later reads, so ``get_params`` can return the values of one
+        step earlier; wait for every pending operation and re-read.
+        """
+        mx.nd.waitall()
+        self.module._params_dirty = True
+        return self.module.get_params()
 
     def save(self, index):
-        arg, aux = self.module.get_params()
+        arg, aux = self.current_params()
         dep_arg, dep_aux, extra = ckpt.split_params(self.embedding_sym, arg, aux)
         ckpt.save_embedding(self.prefix, index, self.embedding_sym, dep_arg, dep_aux)
         tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
@@ -305,7 +320,7 @@ class Run:
 
     def restore(self, index):
         """Load checkpoint ``index`` (params + state) to continue exactly where it was."""
-        arg, aux = ckpt.load_embedding(self.prefix, index)
+        _, arg, aux = ckpt.load_embedding(self.prefix, index)
         payload = ckpt.load_state(self.prefix, index)
         arg.update(payload['extra'])
         self.module.set_params(arg, aux, allow_missing=False, allow_extra=True)
@@ -328,7 +343,7 @@ class Run:
     def verify(self, packs, batch_size):
         from vargfacenet.eval.embed import Embedder
         from vargfacenet.eval.verification import evaluate_bin
-        arg, aux = self.module.get_params()
+        arg, aux = self.current_params()
         dep_arg, dep_aux, _ = ckpt.split_params(self.embedding_sym, arg, aux)
         embedder = Embedder(self.embedding_sym, dep_arg, dep_aux, ctx=self.contexts[0],
                             batch_size=batch_size)

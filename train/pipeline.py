@@ -91,7 +91,7 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     start = time.time()
     state = fit(run, cfg.schedule.max_steps, callbacks, resume_index=resume_index,
                 stop_check=stop_check)
-    summary = dict(name=name, prefix=prefix, index=state.checkpoint_index, steps=state.step,
+    summary = dict(run=name, prefix=prefix, index=state.checkpoint_index, steps=state.step,
                    best=state.best, history=state.history, seconds=time.time() - start,
                    network=cfg.network.name, network_kwargs=dict(cfg.network.kwargs),
                    num_classes=num_classes, batch_size=run.batch_size,
@@ -112,14 +112,11 @@ def load_init(spec):
 
 
 def parse_model_spec(spec):
-    """``'PREFIX,EPOCH'`` -> (prefix, int epoch) with a clear error."""
+    """``'PREFIX,EPOCH'`` or a (prefix, epoch) pair -> (prefix, int epoch)."""
     if isinstance(spec, (tuple, list)):
         return spec[0], int(spec[1])
-    parts = str(spec).rsplit(',', 1)
-    if len(parts) != 2 or not parts[1].strip().isdigit():
-        raise ValueError('model %r must be given as PREFIX,EPOCH (e.g. models/r100/model,1)'
-                         % (spec,))
-    return parts[0], int(parts[1])
+    from vargfacenet.eval.embed import parse_model_arg
+    return parse_model_arg(spec)
 
 
 def evaluate_checkpoint(prefix, index, packs, test_rec=None, batch_size=32, ctx=mx.cpu()):
@@ -202,7 +199,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         teacher_cfg.data.update(train=cfg.data.train, val=cfg.data.val, test=cfg.data.test)
         summary = train_or_reuse(teacher_cfg, run_dir, 'teacher', tag='[teacher] ')
         teacher_spec = (summary['prefix'], summary['index'])
-        models.append(dict(name='teacher (%s)' % teacher_cfg.network.name, **summary))
+        models.append(dict(summary, name='teacher (%s)' % teacher_cfg.network.name))
     else:
         teacher_spec = parse_model_spec(teacher_spec)
         models.append(dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1]))
@@ -221,14 +218,14 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
     if baseline:
         summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
                                  init=load_init(init) if init else None)
-        models.append(dict(name='from scratch', **summary))
+        models.append(dict(summary, name='from scratch'))
     previous = load_init(init) if init else None
     for generation in range(1, generations + 1):
         name = 'model-gen%d' % generation
         summary = train_or_reuse(cfg, run_dir, name, tag='[gen%d] ' % generation,
                                  teacher=None if cache else teacher, teacher_cache=cache,
                                  init=previous, stop_check=stop_check)
-        models.append(dict(name='recursive=%d' % generation, **summary))
+        models.append(dict(summary, name='recursive=%d' % generation))
         previous = load_init((summary['prefix'], summary['index']))
     return models
 
@@ -258,39 +255,9 @@ def init_logging(log_path=None, level=logging.INFO):
                         handlers=handlers, force=True)
 
 
-def results_table(results, fprs=(1e-4, 1e-6)):
-    """Markdown table of evaluated models: accuracy per pack (mean +- std), TPR@FPR on the test
-    set, and the data set every number was measured on."""
-    packs = sorted({p for r in results for p in r.get('verification', {})})
-    header = ['model', 'steps'] + packs + ['TPR@FPR=%g' % f for f in fprs] + ['data']
-    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-    for r in results:
-        cells = [r['name'], str(r.get('steps') or '')]
-        for p in packs:
-            v = r.get('verification', {}).get(p)
-            cells.append('%.4f +- %.4f' % (v['accuracy_flip_mean'], v['accuracy_flip_std'])
-                         if v else '')
-        for f in fprs:
-            cells.append(_tpr_cell(r.get('lfr'), f))
-        cells.append(r.get('dataset', ''))
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    return '\n'.join(lines)
-
-
-def _tpr_cell(lfr, fpr):
-    if not lfr:
-        return ''
-    for row in lfr.get('tpr_at_fpr', []):
-        if abs(row['fpr'] - fpr) <= 1e-12 * max(fpr, 1e-30) or row['fpr'] == fpr:
-            return '%.4f' % row['tpr'] if row.get('measurable', True) and row.get(
-                'tpr') is not None else 'n/m'
-    return ''
-
-
 def write_run_report(results, run_dir):
     """``report.md`` (our table, then the published rows) and ``roc.png`` in ``run_dir``."""
     from vargfacenet.eval.report import write_report
-    table = results_table(results)
     paths = write_report(results, run_dir, title='VarGFaceNet recursive distillation')
     write_json(os.path.join(run_dir, 'results.json'), results)
-    return dict(table=table, **paths)
+    return paths

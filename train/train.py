@@ -29,7 +29,7 @@ def main(argv=None):
     cfg = load_config(args.preset, overrides_from_args(args))
     data_label = pipeline.resolve_data(cfg)
     summary = pipeline.train_one(cfg, args.run_dir, args.name, resume=args.resume)
-    results = pipeline.evaluate_models([dict(name=args.name, **summary)], cfg, data_label)
+    results = pipeline.evaluate_models([dict(summary, name=args.name)], cfg, data_label)
     for pack, r in results[0]['verification'].items():
         LOGGER.info('%s: accuracy %.4f +- %.4f (%s data)', pack, r['accuracy_flip_mean'],
                     r['accuracy_flip_std'], data_label)

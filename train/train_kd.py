@@ -41,7 +41,7 @@ def main(argv=None):
                                    baseline=not args.no_baseline)
     results = pipeline.evaluate_models(models, cfg, data_label)
     report = pipeline.write_run_report(results, args.run_dir)
-    LOGGER.info('results table:\n%s', report['table'])
+    LOGGER.info('results:\n%s', report['text'])
     LOGGER.info('report: %s', report['markdown'])
 
 

@@ -1,0 +1,145 @@
+"""The training loop end to end on the tiny synthetic set: frozen teacher, generations chained,
+resume after a kill, the NaN guard, the exported checkpoint."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from vargfacenet.symbol import get_symbol
+from vargfacenet.train import pipeline
+from vargfacenet.train.checkpoint import checkpoint_indices, save_embedding
+from vargfacenet.train.config import load_config
+from vargfacenet.train.distill import FrozenTeacher
+from vargfacenet.train.loop import NonFiniteLossError
+
+# a small student keeps these tests in seconds; the graph code is the same for VarGFaceNet
+SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_size': 64}}}
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('synthetic')
+    cfg = load_config('tiny', [{'data': {'synthetic_root': str(root)}}])
+    pipeline.resolve_data(cfg)
+    return dict(train=cfg.data.train, val=list(cfg.data.val), test=cfg.data.test)
+
+
+def tiny_cfg(data, *overrides):
+    return load_config('tiny', [SMALL, {'data': dict(data)}] + list(overrides))
+
+
+def random_teacher(tmp_path, emb_size=64):
+    """An untrained but fixed teacher checkpoint: distillation only needs it frozen."""
+    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=emb_size)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=False)
+    mx.random.seed(7)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    arg, aux = mod.get_params()
+    prefix = str(tmp_path / 'teacher')
+    save_embedding(prefix, 1, sym, arg, aux)
+    return prefix
+
+
+def params_of(prefix, index):
+    _, arg, aux = mx.model.load_checkpoint(prefix, index)
+    return {k: v.asnumpy() for k, v in list(arg.items()) + list(aux.items())}
+
+
+def test_teacher_stays_bit_identical_and_generations_chain(tiny_data, tmp_path):
+    teacher_prefix = random_teacher(tmp_path)
+    on_disk = params_of(teacher_prefix, 1)
+    cfg = tiny_cfg(tiny_data)
+    seen = {}
+
+    def watch(run, step, losses):
+        # before the first update of generation 2 its parameters are generation 1's final ones
+        if run.tag.startswith('[gen2]') and step == 1:
+            seen['gen2_start'] = {k: v.asnumpy() for k, v in run.module.get_params()[0].items()}
+        assert 'kd' in losses and np.isfinite(losses['kd']) and losses['kd'] > 0
+
+    teacher = FrozenTeacher.load(teacher_prefix, 1, batch_size=cfg.train.batch_size)
+    before = teacher.param_arrays()
+    run_dir = str(tmp_path / 'run')
+    models = pipeline.recursive_kd(cfg, run_dir, 2, teacher_spec=(teacher_prefix, 1),
+                                   baseline=False, stop_check=watch)
+    assert [m['name'] for m in models] == ['teacher', 'recursive=1', 'recursive=2']
+    # the teacher used inside recursive_kd is a fresh load: check the files and a second copy
+    assert params_of(teacher_prefix, 1).keys() == on_disk.keys()
+    for k, v in params_of(teacher_prefix, 1).items():
+        assert np.array_equal(v, on_disk[k])
+    after = teacher.param_arrays()
+    for k in before:
+        assert np.array_equal(before[k], after[k])
+    gen1 = models[1]
+    gen1_final = params_of(gen1['prefix'], gen1['index'])
+    for name, value in gen1_final.items():
+        if name in seen['gen2_start']:
+            np.testing.assert_array_equal(seen['gen2_start'][name], value)
+    # fc7 carried over too (from gen1's training state)
+    assert 'fc7_weight' in seen['gen2_start']
+    assert os.path.basename(models[2]['prefix']) == 'model-gen2'
+
+
+def test_distilled_teacher_forward_is_not_recorded(tiny_data, tmp_path):
+    """The teacher module is bound for inference: it holds no gradient arrays at all."""
+    teacher = FrozenTeacher.load(random_teacher(tmp_path), 1, batch_size=2)
+    assert not teacher.module.for_training
+    assert all(g is None for g in teacher.module._exec_group.execs[0].grad_arrays)
+
+
+def test_resume_after_kill_matches_uninterrupted(tiny_data, tmp_path):
+    over = {'schedule': {'max_steps': 4}, 'log': {'checkpoint_every': 2}}
+    full = pipeline.train_one(tiny_cfg(tiny_data, over), str(tmp_path / 'full'))
+
+    def kill(run, step, losses):
+        if step == 3:
+            raise KeyboardInterrupt('simulated kill')
+
+    killed_dir = str(tmp_path / 'killed')
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_one(tiny_cfg(tiny_data, over), killed_dir, stop_check=kill)
+    assert checkpoint_indices(os.path.join(killed_dir, 'model'), with_state=True) == [1]
+    with pytest.raises(FileExistsError, match='--resume'):
+        pipeline.train_one(tiny_cfg(tiny_data, over), killed_dir)
+    resumed = pipeline.train_one(tiny_cfg(tiny_data, over), killed_dir, resume=True)
+    assert resumed['steps'] == full['steps'] == 4
+    a = params_of(full['prefix'], full['index'])
+    b = params_of(resumed['prefix'], resumed['index'])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
+    over = {'schedule': {'max_steps': 4}, 'log': {'checkpoint_every': 1}}
+
+    def inject(run, step, losses):
+        if step == 3:
+            return dict(losses, ce=float('nan'))
+
+    run_dir = str(tmp_path / 'nan')
+    with pytest.raises(NonFiniteLossError, match=r'step 3.*model-0002\.params'):
+        pipeline.train_one(tiny_cfg(tiny_data, over), run_dir, stop_check=inject)
+    prefix = os.path.join(run_dir, 'model')
+    assert checkpoint_indices(prefix, with_state=True) == [1, 2]
+    for value in params_of(prefix, 2).values():
+        assert np.isfinite(value).all()
+
+
+def test_saved_symbol_loads_and_outputs_fc1(tiny_data, tmp_path):
+    summary = pipeline.train_one(tiny_cfg(tiny_data), str(tmp_path / 'export'))
+    sym, arg, aux = mx.model.load_checkpoint(summary['prefix'], summary['index'])
+    assert sym.list_outputs() == ['fc1_output']
+    assert not any(k.startswith('fc7') for k in arg)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
+    mod.set_params(arg, aux)
+    mod.forward(mx.io.DataBatch([mx.nd.ones((1, 3, 112, 112)) * 128]), is_train=False)
+    assert mod.get_outputs()[0].shape == (1, 64)
+    saved = json.load(open(os.path.join(str(tmp_path / 'export'), 'model-config.json')))
+    assert saved['network']['kwargs']['multiplier'] == 0.5
+    # no temporary files left behind
+    assert not [f for f in os.listdir(str(tmp_path / 'export')) if f.endswith('.tmp')]
