@@ -196,8 +196,10 @@ class FaceRecordReader:
         self.identity_ranges = None
         header_label = None
         if 0 in self.index:
-            label, _ = self.read_raw_label(0)
-            if isinstance(label, np.ndarray) and label.size >= 2:
+            # insightface's header: a 2-value label and no image (plain im2rec output puts an
+            # image with a possibly 2-value label at key 0 instead)
+            label, body = self.read_raw_label(0)
+            if isinstance(label, np.ndarray) and label.size >= 2 and not body:
                 header_label = label
         if header_label is not None:
             first, last = int(header_label[0]), int(header_label[1])

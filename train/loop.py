@@ -69,7 +69,8 @@ def make_optimizer(cfg, num_devices, begin_step, sym):
     (SoftmaxOutput 'valid', MakeLoss of a mean), as in insightface.
     """
     opt = cfg.optimizer
-    params = dict(learning_rate=opt.lr, wd=opt.wd, rescale_grad=1.0 / num_devices,
+    # the scheduler sets every step's rate (passing learning_rate too would only warn)
+    params = dict(wd=opt.wd, rescale_grad=1.0 / num_devices,
                   lr_scheduler=make_lr_scheduler(cfg.schedule, opt.lr),
                   begin_num_update=begin_step, sym=sym,
                   param_idx2name=dict(enumerate(n for n in sym.list_arguments()
@@ -104,13 +105,18 @@ class TrainState:
 
 
 class Callback:
-    """Periodic work; ``every`` <= 0 disables it (except for the final call)."""
+    """Periodic work every ``every`` steps and at the end; ``every`` <= 0 disables it (a
+    callback may still act at the end, see its ``at_end``)."""
+
+    at_end = True
 
     def __init__(self, every):
         self.every = int(every or 0)
 
     def due(self, state, final):
-        return final or (self.every > 0 and state.step % self.every == 0)
+        if self.every <= 0:
+            return final and self.at_end
+        return final or state.step % self.every == 0
 
 
 class ProgressLogger(Callback):
@@ -153,7 +159,10 @@ class ProgressLogger(Callback):
 
 
 class Verifier(Callback):
-    """Verification accuracy on the ``.bin`` packs; remembers the best on one pack."""
+    """Verification accuracy on the ``.bin`` packs; remembers the best on one pack.
+    ``every`` <= 0 turns it off entirely (the drivers evaluate the final model anyway)."""
+
+    at_end = False
 
     def __init__(self, every, packs, best_on=None, batch_size=32):
         super().__init__(every)
@@ -268,13 +277,9 @@ class Run:
     def _fast(self, sym):
         if not self.cfg.train.fast_path:
             return sym
-        try:
-            from vargfacenet.symbol import fastpath
-        except ImportError:
-            return sym
-        if not fastpath.is_available():
-            return sym
-        return fastpath.optimize(sym, mode='train')
+        from vargfacenet.symbol import fastpath
+        return fastpath.optimize(sym, mode='train',
+                                 for_gpu=any(c.device_type == 'gpu' for c in self.contexts))
 
     def learning_rate(self):
         opt = self.module._optimizer
