@@ -71,7 +71,7 @@ def render_face(traits, rng, nuisance=1.0):
     """
     t, n = traits, float(nuisance)
     # background: flat colour plus a gradient and noise, unrelated to identity
-    bg = rng.uniform(30, 220, 3)
+    bg = 128 + (rng.uniform(30, 220, 3) - 128) * n
     img = np.empty((SIZE, SIZE, 3), np.float32)
     img[:] = bg
     img += rng.normal(0, 12 * n, (1, 1, 3)) * np.linspace(-1, 1, SIZE)[:, None, None]

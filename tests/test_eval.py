@@ -1,0 +1,180 @@
+"""Metrics against independent computations (sklearn, brute force), feature files, CLIs."""
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import KFold
+
+from vargfacenet.eval import metrics
+from vargfacenet.eval.features import read_features, write_features
+from vargfacenet.eval.lfr import evaluate_features, open_set_split
+
+
+def straightforward_verification(emb, issame):
+    """insightface's calculate_roc written as plain loops, folds from sklearn's KFold."""
+    thresholds = np.arange(0, 4, 0.01)
+    e1, e2 = emb[0::2], emb[1::2]
+    dist = np.sum((e1 - e2) ** 2, 1)
+    accs = []
+    for train, test in KFold(n_splits=10, shuffle=False).split(np.arange(len(issame))):
+        best, best_acc = None, -1
+        for t in thresholds:
+            acc = np.mean((dist[train] < t) == issame[train])
+            if acc > best_acc:
+                best, best_acc = t, acc
+        accs.append(np.mean((dist[test] < best) == issame[test]))
+    return np.mean(accs), np.std(accs)
+
+
+@pytest.mark.parametrize('pairs', [100, 123])
+def test_verification_accuracy_equals_loop_implementation(pairs):
+    rng = np.random.RandomState(pairs)
+    issame = rng.rand(pairs) < 0.5
+    a = rng.randn(pairs, 16)
+    b = np.where(issame[:, None], a + rng.randn(pairs, 16) * 0.9, rng.randn(pairs, 16))
+    emb = metrics.l2_normalize(np.stack([a, b], 1).reshape(2 * pairs, 16))
+    got = metrics.verification_accuracy(emb, issame)
+    mean, std = straightforward_verification(emb.astype(np.float64), issame)
+    assert got['accuracy_mean'] == pytest.approx(mean, abs=1e-12)
+    assert got['accuracy_std'] == pytest.approx(std, abs=1e-12)
+    assert 0.6 < got['accuracy_mean'] < 1.0
+
+
+def brute_force_tpr(features, labels, fpr):
+    f = metrics.l2_normalize(features).astype(np.float64)
+    s = f @ f.T
+    iu = np.triu_indices(len(f), 1)
+    scores, same = s[iu], (labels[:, None] == labels[None, :])[iu]
+    imp = np.sort(scores[~same])[::-1]
+    k = int(np.floor(fpr * len(imp) + 1e-9))
+    thr = imp[k]
+    return np.mean(scores[same] > thr), thr, int(np.sum(imp > thr))
+
+
+def test_tpr_at_fpr_equals_brute_force_and_sklearn_with_ties():
+    rng = np.random.RandomState(0)
+    labels = np.repeat(np.arange(40), 5)
+    centres = rng.randn(40, 8)
+    feats = centres[labels] + rng.randn(len(labels), 8) * 0.8
+    feats[5:9] = feats[4]                     # exact ties among scores
+    fprs = (1e-1, 1e-2, 1e-3)
+    for block in (7, 64, 4096):               # block size must not matter
+        result = metrics.tpr_at_fpr(feats, labels, fprs, block_size=block)
+        assert result['num_genuine'] == 40 * 10
+        assert result['num_impostor'] == 200 * 199 // 2 - 400
+        for row, fpr in zip(result['rows'], fprs):
+            tpr, thr, fa = brute_force_tpr(feats, labels, fpr)
+            assert row['measurable']
+            assert row['threshold'] == pytest.approx(thr, abs=1e-6)
+            assert row['tpr'] == pytest.approx(tpr, abs=1e-12)
+            assert row['false_accepts'] == fa <= fpr * result['num_impostor']
+    # sklearn's ROC: at our threshold its (fpr, tpr) point with scores > thr agrees
+    f = metrics.l2_normalize(feats).astype(np.float64)
+    iu = np.triu_indices(len(f), 1)
+    scores, same = (f @ f.T)[iu], (labels[:, None] == labels[None, :])[iu]
+    sk_fpr, sk_tpr, sk_thr = roc_curve(same, scores)
+    for row in result['rows']:
+        above = sk_thr > row['threshold'] + 1e-7
+        i = np.flatnonzero(above)[-1]
+        assert sk_tpr[i] == pytest.approx(row['tpr'], abs=1e-9)
+        assert sk_fpr[i] <= row['fpr']
+    assert metrics.roc_auc(scores, same) == pytest.approx(roc_auc_score(same, scores), abs=1e-9)
+
+
+def test_unmeasurable_fpr_and_bad_inputs(tmp_path):
+    labels = np.repeat(np.arange(5), 2)
+    feats = np.random.RandomState(1).randn(10, 4)
+    rows = metrics.tpr_at_fpr(feats, labels, (1e-1, 1e-3))['rows']
+    assert rows[0]['measurable'] and not rows[1]['measurable'] and rows[1]['tpr'] is None
+    with pytest.raises(ValueError, match=r'\(0, 1\)'):
+        metrics.tpr_at_fpr(feats, labels, (1.5,))
+    with pytest.raises(ValueError, match='no identity has two images'):
+        evaluate_features(feats, np.arange(10), (0.1,), source='x.bin')
+    with pytest.raises(ValueError, match='9 labels for 10'):
+        evaluate_features(feats, labels[:9], (0.1,))
+    bad = feats.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match='NaN'):
+        evaluate_features(bad, labels, (0.1,))
+
+
+def test_feature_file_round_trip_and_validation(tmp_path):
+    feats = np.random.RandomState(2).randn(7, 5).astype(np.float32)
+    path = str(tmp_path / 'f.bin')
+    write_features(path, feats)
+    header = np.fromfile(path, np.int32, 4)
+    assert header.tolist() == [7, 5, 20, 5]
+    assert np.array_equal(read_features(path), feats)
+    raw = open(path, 'rb').read()
+    (tmp_path / 'short.bin').write_bytes(raw[:-4])
+    with pytest.raises(ValueError, match='differs from the header'):
+        read_features(str(tmp_path / 'short.bin'))
+    nan = raw[:16] + np.full(35, np.nan, np.float32).tobytes()
+    (tmp_path / 'nan.bin').write_bytes(nan)
+    with pytest.raises(ValueError, match='NaN or inf'):
+        read_features(str(tmp_path / 'nan.bin'))
+    with pytest.raises(ValueError, match='NaN or inf'):
+        write_features(str(tmp_path / 'x.bin'), np.full((2, 2), np.inf))
+
+
+def test_identification_split_and_rank1():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 3, 4])
+    gallery, probes = open_set_split(labels)
+    assert labels[gallery].tolist() == [0, 2, 3, 4]     # enrolled 0 and 2, distractors 3 and 4
+    assert sorted(labels[probes].tolist()) == [0, 0, 1, 1, 2]
+    feats = np.eye(5)[labels] + 0.01 * np.random.RandomState(0).randn(9, 5)
+    out = metrics.identification(feats[gallery], labels[gallery], feats[probes], labels[probes],
+                                 fpirs=(0.5,))
+    assert out['rank1'] == 1.0 and out['num_mated'] == 3 and out['num_nonmated'] == 2
+
+
+def test_lfr_cli_on_feature_files(tmp_path, capsys):
+    from vargfacenet.eval import lfr
+    rng = np.random.RandomState(3)
+    labels = np.repeat(np.arange(20), 3)
+    feats = rng.randn(20, 6)[labels] + 0.3 * rng.randn(60, 6)
+    write_features(str(tmp_path / 'f.bin'), feats)
+    np.save(str(tmp_path / 'l.npy'), labels)
+    lfr.main(['--features', str(tmp_path / 'f.bin'), '--labels', str(tmp_path / 'l.npy'),
+              '--fpr', '1e-1,1e-2,1e-5', '--json', str(tmp_path / 'r.json')])
+    text = capsys.readouterr().out
+    assert 'TPR@FPR=1e-05: not measurable' in text
+    saved = json.load(open(str(tmp_path / 'r.json')))
+    assert saved['num_genuine'] == 60 and saved['num_impostor'] == 60 * 59 // 2 - 60
+    with pytest.raises(SystemExit):
+        lfr.main(['--features', str(tmp_path / 'f.bin'), '--labels', str(tmp_path / 'l.npy'),
+                  '--fpr', '0'])
+
+
+def test_verification_cli_on_embeddings(tmp_path, capsys):
+    from vargfacenet.eval import verification
+    rng = np.random.RandomState(4)
+    issame = np.tile([True, False], 30)
+    a = rng.randn(60, 8)
+    b = np.where(issame[:, None], a + 0.3 * rng.randn(60, 8), rng.randn(60, 8))
+    np.save(str(tmp_path / 'e.npy'), np.stack([a, b], 1).reshape(120, 8))
+    np.save(str(tmp_path / 'i.npy'), issame)
+    verification.main(['--embeddings', str(tmp_path / 'e.npy'), '--issame',
+                       str(tmp_path / 'i.npy'), '--json', str(tmp_path / 'v.json')])
+    result = json.load(open(str(tmp_path / 'v.json')))['embeddings']
+    assert result['accuracy_mean'] > 0.9 and result['num_pairs'] == 60
+    np.save(str(tmp_path / 'bad.npy'), np.zeros((7, 8)))
+    with pytest.raises(SystemExit):
+        verification.main(['--embeddings', str(tmp_path / 'bad.npy'), '--issame',
+                           str(tmp_path / 'i.npy')])
+
+
+def test_report_writes_markdown_and_png(tmp_path):
+    from vargfacenet.eval.report import write_report
+    result = dict(name='ours', steps=10, dataset='synthetic',
+                  verification={'synth_lfw': dict(accuracy_flip_mean=0.8, accuracy_flip_std=0.05)},
+                  lfr=dict(tpr_at_fpr=[dict(fpr=1e-2, tpr=0.5, measurable=True)],
+                           roc=dict(fpr=[1e-3, 1e-2, 1e-1, 1.0], tpr=[0.2, 0.5, 0.8, 1.0])))
+    paths = write_report([result], str(tmp_path))
+    text = open(paths['markdown']).read()
+    assert '| ours | 10 | 0.8000 +- 0.0500 | 0.5000 |' in text
+    assert 'synthetic data' in text and '0.99833' in text          # published recursive=2 LFW
+    assert open(paths['roc'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    assert os.path.getsize(paths['roc']) > 1000
