@@ -38,7 +38,7 @@ PRESETS = {
     'tiny': dict(train_ids=8, train_images=4, pack_ids=10, pack_images=3, pack_pairs=20,
                  test_ids=6, test_images=3, distractors=6),
     # sized for the 20-minute main job: evaluation (flip-summed) must stay a small part of it
-    'default': dict(train_ids=150, train_images=10, pack_ids=60, pack_images=6, pack_pairs=200,
+    'default': dict(train_ids=60, train_images=25, pack_ids=60, pack_images=6, pack_pairs=200,
                     test_ids=30, test_images=4, distractors=100),
     'large': dict(train_ids=1000, train_images=20, pack_ids=300, pack_images=8, pack_pairs=600,
                   test_ids=300, test_images=8, distractors=5000),

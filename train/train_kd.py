@@ -15,6 +15,8 @@ import os
 # ~20x slower than the native one and dominates a step (docs/speed.md). MXNet reads this when it
 # loads, so it is set before anything imports mxnet; export MXNET_MKLDNN_ENABLED=1 to override.
 os.environ.setdefault('MXNET_MKLDNN_ENABLED', '0')
+# ... which makes MXNet log a "storage type fallback" notice per operator: expected, not useful
+os.environ.setdefault('MXNET_STORAGE_FALLBACK_LOG_VERBOSE', '0')
 
 import logging  # noqa: E402
 
