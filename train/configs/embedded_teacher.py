@@ -1,10 +1,8 @@
-"""The teacher of the embedded default: VarGFaceNet trained twice as long as each student on
-the synthetic set, once, then reused by every later run."""
+"""The teacher of the embedded default: the student's recipe trained twice as long, once, then
+reused by every later run of the main job."""
+import copy
 
-CONFIG = {
-    'network': {'name': 'vargfacenet', 'kwargs': {'variant': 'official'}},
-    'train': {'batch_size': 16},
-    'optimizer': {'lr': 0.05},
-    'schedule': {'mode': 'cosine', 'max_steps': 100, 'warmup_steps': 5},
-    'log': {'every': 10, 'verify_every': 0, 'checkpoint_every': 25},
-}
+from vargfacenet.train.configs.embedded import CONFIG as STUDENT
+
+CONFIG = copy.deepcopy(STUDENT)
+CONFIG['schedule']['max_steps'] = 2 * STUDENT['schedule']['max_steps']
