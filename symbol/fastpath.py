@@ -39,13 +39,13 @@ def count_prelu(sym):
                and n.get('attrs', {}).get('act_type') == 'prelu')
 
 
-def _output_ndims(sym, data_shape):
+def _output_ndims(sym, input_shapes):
     internals = sym.get_internals()
-    _, out_shapes, _ = internals.infer_shape_partial(data=data_shape)
+    _, out_shapes, _ = internals.infer_shape_partial(**input_shapes)
     return {name: shape for name, shape in zip(internals.list_outputs(), out_shapes)}
 
 
-def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False):
+def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, **input_shapes):
     """Rewrite every PReLU of ``sym`` into relu / depthwise-1x1-conv form.
 
     Parameters
@@ -58,6 +58,8 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False):
         Shape of ``data`` used to find each PReLU's channel count.
     for_gpu : bool
         Return ``sym`` unchanged (cuDNN's PReLU path is already fast).
+    **input_shapes
+        Shapes of other inputs shape inference needs (e.g. ``teacher_emb=(1, 512)``).
 
     Returns
     -------
@@ -69,7 +71,7 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False):
     if for_gpu or count_prelu(sym) == 0:
         return sym
     graph = json.loads(sym.tojson())
-    shapes = _output_ndims(sym, data_shape)
+    shapes = _output_ndims(sym, dict(input_shapes, data=data_shape))
     nodes, remap = [], {}
 
     def add(op, name, inputs, attrs=None):

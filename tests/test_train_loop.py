@@ -143,3 +143,38 @@ def test_saved_symbol_loads_and_outputs_fc1(tiny_data, tmp_path):
     assert saved['network']['kwargs']['multiplier'] == 0.5
     # no temporary files left behind
     assert not [f for f in os.listdir(str(tmp_path / 'export')) if f.endswith('.tmp')]
+
+
+def test_teacher_cache_matches_live_teacher_and_drives_distillation(tiny_data, tmp_path):
+    from vargfacenet.data.recordio import FaceRecordReader
+    from vargfacenet.train.distill import TeacherCache
+    teacher = FrozenTeacher.load(random_teacher(tmp_path), 1, batch_size=4)
+    with FaceRecordReader(tiny_data['train']) as reader:
+        cache = TeacherCache.build(teacher, reader, str(tmp_path / 'cache.npz'))
+        keys = reader.image_keys[:4]
+        images = np.stack([reader.read_image(int(k))[1] for k in keys])
+    live = teacher.embed(mx.nd.array(images.transpose(0, 3, 1, 2).astype(np.float32))).asnumpy()
+    mirrored = teacher.embed(mx.nd.array(
+        images[:, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))).asnumpy()
+    np.testing.assert_allclose(cache.lookup(keys, [False] * 4), live, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cache.lookup(keys, [True] * 4), mirrored, rtol=1e-5, atol=1e-5)
+    loaded = TeacherCache.load(str(tmp_path / 'cache.npz'))
+    assert np.array_equal(loaded.embeddings, cache.embeddings)
+    with pytest.raises(KeyError, match='not in the teacher cache'):
+        cache.lookup([10 ** 6], [False])
+    cfg = tiny_cfg(tiny_data, {'kd': {'cache_teacher': True}})
+    models = pipeline.recursive_kd(cfg, str(tmp_path / 'run'), 1,
+                                   teacher_spec=(str(tmp_path / 'teacher'), 1),
+                                   baseline=False)
+    assert os.path.isfile(str(tmp_path / 'run' / 'teacher-embeddings.npz'))
+    assert models[-1]['distilled'] and models[-1]['steps'] == cfg.schedule.max_steps
+
+
+def test_two_devices_through_the_kvstore(tiny_data, tmp_path):
+    """Two CPU contexts stand in for two GPUs: the batch splits, gradients are aggregated."""
+    cfg = tiny_cfg(tiny_data, {'train': {'ctx': 'cpu0,cpu1', 'kv_store': 'local',
+                                         'batch_size': 2}, 'schedule': {'max_steps': 2}})
+    summary = pipeline.train_one(cfg, str(tmp_path / 'multi'))
+    assert summary['batch_size'] == 4 and summary['steps'] == 2
+    _, arg, _ = mx.model.load_checkpoint(summary['prefix'], summary['index'])
+    assert all(np.isfinite(v.asnumpy()).all() for v in arg.values())

@@ -255,7 +255,10 @@ class Run:
             teacher_dim = teacher.dim if teacher is not None else teacher_cache.embeddings.shape[2]
         self.train_sym, self.data_names = build_training_symbol(
             embedding_sym, num_classes, cfg.loss, kd_cfg, teacher_dim)
-        self.exec_sym = self._fast(self.train_sym)
+        extra_shapes = {LABEL: (1,)}
+        if kd_cfg is not None:
+            extra_shapes[TEACHER_INPUT] = (1, teacher_dim)
+        self.exec_sym = self._fast(self.train_sym, extra_shapes)
         self.batch_size = cfg.train.batch_size * len(self.contexts)
         self.module = mx.mod.Module(self.exec_sym, data_names=self.data_names,
                                     label_names=[LABEL], context=self.contexts)
@@ -274,12 +277,13 @@ class Run:
         self.module.init_params(make_initializer(cfg.train), arg_params=arg, aux_params=aux,
                                 allow_missing=True, allow_extra=True)
 
-    def _fast(self, sym):
+    def _fast(self, sym, input_shapes):
         if not self.cfg.train.fast_path:
             return sym
         from vargfacenet.symbol import fastpath
         return fastpath.optimize(sym, mode='train',
-                                 for_gpu=any(c.device_type == 'gpu' for c in self.contexts))
+                                 for_gpu=any(c.device_type == 'gpu' for c in self.contexts),
+                                 **input_shapes)
 
     def learning_rate(self):
         opt = self.module._optimizer
