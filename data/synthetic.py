@@ -33,36 +33,36 @@ LOGGER = logging.getLogger(__name__)
 MANIFEST = 'dataset.json'
 FORMAT_VERSION = 2   # bump whenever the renderer changes, so old sets are rebuilt
 
-# identities x images per split; pack pairs = folds x pairs per fold
+# identities x images per split; pack pairs = folds x pairs per fold; nuisance strength in %
 PRESETS = {
     'tiny': dict(train_ids=8, train_images=4, pack_ids=10, pack_images=3, pack_pairs=20,
-                 test_ids=6, test_images=3, distractors=6),
+                 test_ids=6, test_images=3, distractors=6, nuisance=100),
     # sized for the 20-minute main job: evaluation (flip-summed) must stay a small part of it
     'default': dict(train_ids=60, train_images=25, pack_ids=60, pack_images=6, pack_pairs=200,
-                    test_ids=30, test_images=4, distractors=100),
+                    test_ids=30, test_images=4, distractors=100, nuisance=100),
     'large': dict(train_ids=1000, train_images=20, pack_ids=300, pack_images=8, pack_pairs=600,
-                  test_ids=300, test_images=8, distractors=5000),
+                  test_ids=300, test_images=8, distractors=5000, nuisance=100),
 }
 _SPLITS = {'train': 1, 'pack': 2, 'test': 3, 'distractor': 4}
 
 
 def _render_identity(args):
     """JPEG bytes of ``count`` images of one identity (runs in worker processes)."""
-    seed, split, identity, count, quality = args
+    seed, split, identity, count, quality, nuisance = args
     traits = sample_identity(np.random.RandomState([seed, _SPLITS[split], identity]))
     out = []
     for image in range(count):
         rgb = render_face(traits, np.random.RandomState([seed, _SPLITS[split], identity,
-                                                         image + 1]))
+                                                         image + 1]), nuisance / 100.0)
         ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_JPEG_QUALITY, quality])
         out.append(buf.tobytes())
     return out
 
 
-def render_split(split, num_ids, images_per_id, seed, pool, quality=95):
-    """List (per identity) of lists of JPEG bytes."""
-    jobs = [(seed, split, i, images_per_id, quality) for i in range(num_ids)]
+def render_split(split, num_ids, images_per_id, seed, pool, nuisance=100, quality=95):
+    """List (per identity) of lists of JPEG bytes (``nuisance`` in percent)."""
+    jobs = [(seed, split, i, images_per_id, quality, nuisance) for i in range(num_ids)]
     if pool is None:
         return [_render_identity(j) for j in jobs]
     return pool.map(_render_identity, jobs, chunksize=max(1, num_ids // 16))
@@ -114,12 +114,13 @@ def build_dataset(out_dir, preset='default', seed=0, workers=None, **overrides):
     pool = multiprocessing.get_context('fork').Pool(workers) if workers > 1 else None
     try:
         c = config
-        train = render_split('train', c['train_ids'], c['train_images'], seed, pool)
+        train = render_split('train', c['train_ids'], c['train_images'], seed, pool,
+                             c['nuisance'])
         LOGGER.info('rendered %d training images of %d identities', sum(map(len, train)),
                     len(train))
-        pack = render_split('pack', c['pack_ids'], c['pack_images'], seed, pool)
-        test = render_split('test', c['test_ids'], c['test_images'], seed, pool)
-        distractors = render_split('distractor', c['distractors'], 1, seed, pool)
+        pack = render_split('pack', c['pack_ids'], c['pack_images'], seed, pool, c['nuisance'])
+        test = render_split('test', c['test_ids'], c['test_images'], seed, pool, c['nuisance'])
+        distractors = render_split('distractor', c['distractors'], 1, seed, pool, c['nuisance'])
     finally:
         if pool is not None:
             pool.close()
@@ -161,7 +162,8 @@ def make_sample_grid(out_png, seed=0, identities=5, images_per_identity=7):
     """PNG grid: one row per identity, one column per image of it."""
     rows = [np.hstack([img for img in (cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
                                        for j in _render_identity((seed, 'train', i,
-                                                                  images_per_identity, 95)))])
+                                                                  images_per_identity, 95,
+                                                                  100)))])
             for i in range(identities)]
     ok, buf = cv2.imencode('.png', np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     with atomic_open(out_png, 'wb') as f:

@@ -115,27 +115,49 @@ def _check_fprs(fprs):
 
 
 def _blocks(features, labels, block_size):
-    """Upper-triangle blocks of all pairs i < j: (scores, same-identity mask)."""
+    """Upper-triangle blocks of all pairs i < j of label-sorted features.
+
+    Yields ``(scores, genuine)``: the block's scores (a 2-D matrix, or the strict upper triangle
+    flattened on diagonal blocks) and the genuine scores among them. Because features are sorted
+    by label, the genuine pairs of a block lie in a few small sub-blocks (one per identity present
+    in both row and column ranges), so no block-sized comparison of labels is needed.
+    """
     n = len(features)
+    starts = np.r_[0, np.flatnonzero(np.diff(labels)) + 1]
+    ends = np.r_[starts[1:], n]
     for i0 in range(0, n, block_size):
-        a = features[i0:i0 + block_size]
-        la = labels[i0:i0 + block_size]
+        i1 = min(i0 + block_size, n)
+        a = features[i0:i1]
         for j0 in range(i0, n, block_size):
-            scores = a @ features[j0:j0 + block_size].T
-            same = la[:, None] == labels[None, j0:j0 + block_size]
+            j1 = min(j0 + block_size, n)
+            scores = a @ features[j0:j1].T
+            genuine = []
+            # identities whose run [s, e) overlaps both [i0, i1) and [j0, j1)
+            lo = np.searchsorted(ends, max(i0, j0), side='right')
+            hi = np.searchsorted(starts, min(i1, j1), side='left')
+            for s, e in zip(starts[lo:hi], ends[lo:hi]):
+                sub = scores[max(s, i0) - i0:min(e, i1) - i0, max(s, j0) - j0:min(e, j1) - j0]
+                if i0 == j0:
+                    sub = sub[np.triu_indices(sub.shape[0], k=1, m=sub.shape[1])]
+                genuine.append(sub.ravel())
             if i0 == j0:
-                upper = np.triu(np.ones(scores.shape, bool), k=1)
-                yield scores[upper], same[upper]
-            else:
-                yield scores.ravel(), same.ravel()
+                scores = scores[np.triu_indices(scores.shape[0], k=1, m=scores.shape[1])]
+            yield scores, (np.concatenate(genuine) if genuine else np.zeros(0, scores.dtype))
 
 
 HIST_BINS = 1 << 16
+_BIN_SCALE = np.float32(HIST_BINS / 2.0)
 
 
 def _bin_of(scores):
-    # cosine in [-1, 1] -> bin index; clipped so rounding beyond +-1 stays in range
-    return np.clip(((scores + 1.0) * (HIST_BINS / 2.0)).astype(np.int64), 0, HIST_BINS - 1)
+    # cosine in [-1, 1] -> bin index, float32 throughout; rounding beyond +-1 stays in range
+    b = (scores.ravel() + np.float32(1.0)) * _BIN_SCALE
+    np.clip(b, 0, HIST_BINS - 1, out=b)
+    return b.astype(np.int32)
+
+
+def _histogram(scores):
+    return np.bincount(_bin_of(scores), minlength=HIST_BINS)
 
 
 def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
@@ -148,9 +170,10 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
     above it. An ``f`` below ``1 / N_imp`` allows no false accept at all and is reported as not
     measurable (``tpr`` None).
 
-    Two passes over the pairs, with matrix products per block: the first histograms impostor
-    scores (65,536 bins) and keeps the genuine scores (there are few), the second collects the
-    impostor scores inside the bins that hold each threshold, which are then ranked exactly.
+    Two passes over the pairs, with matrix products per block: the first histograms all scores
+    (65,536 bins) and keeps the genuine scores (there are few; impostor counts = all - genuine),
+    the second collects the scores inside the bins that hold each threshold, from which the
+    genuine ones are removed before ranking them exactly.
 
     Returns
     -------
@@ -164,12 +187,17 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
     labels = np.asarray(labels)
     if len(features) != len(labels):
         raise ValueError('%d features but %d labels' % (len(features), len(labels)))
+    order = np.argsort(labels, kind='stable')
+    features, labels = features[order], labels[order]
     hist = np.zeros(HIST_BINS, np.int64)
     genuine = []
-    for scores, same in _blocks(features, labels, block_size):
-        genuine.append(scores[same])
-        hist += np.bincount(_bin_of(scores[~same]), minlength=HIST_BINS)
-    genuine = np.sort(np.concatenate(genuine).astype(np.float64)) if genuine else np.zeros(0)
+    for scores, gen in _blocks(features, labels, block_size):
+        hist += _histogram(scores)
+        genuine.append(gen)
+    genuine = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
+    hist -= _histogram(genuine)
+    genuine32 = genuine
+    genuine = np.sort(genuine.astype(np.float64))
     n_imp, n_gen = int(hist.sum()), len(genuine)
     if n_gen == 0:
         raise ValueError('no genuine pairs: every identity has a single image')
@@ -186,13 +214,14 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
         wanted[f] = (k, b, int(above[b] - hist[b]))    # impostors in higher bins
     inside = {b: [] for _, b, _ in wanted.values()}
     if inside:
-        for scores, same in _blocks(features, labels, block_size):
-            imp = scores[~same]
-            bins = _bin_of(imp)
+        targets = np.array(sorted(inside), np.int32)
+        for scores, _ in _blocks(features, labels, block_size):
+            flat = scores.ravel()
+            bins = _bin_of(flat)
+            hit = np.isin(bins, targets)
+            values, value_bins = flat[hit], bins[hit]
             for b in inside:
-                hit = imp[bins == b]
-                if len(hit):
-                    inside[b].append(hit)
+                inside[b].append(values[value_bins == b])
     rows = []
     for f in fprs:
         if f not in wanted:
@@ -200,7 +229,8 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
                              false_accepts=None))
             continue
         k, b, higher = wanted[f]
-        in_bin = np.sort(np.concatenate(inside[b]).astype(np.float64))[::-1]
+        in_bin = _remove_genuine(np.concatenate(inside[b]), genuine32, b)
+        in_bin = np.sort(in_bin.astype(np.float64))[::-1]
         threshold = float(in_bin[k - higher])        # (k+1)-th largest overall
         tpr = float(n_gen - np.searchsorted(genuine, threshold, side='right')) / n_gen
         false_accepts = higher + int(np.sum(in_bin > threshold))
@@ -208,6 +238,22 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
                          false_accepts=false_accepts))
     return dict(rows=rows, num_genuine=n_gen, num_impostor=n_imp, genuine_scores=genuine,
                 impostor_histogram=hist)
+
+
+def _remove_genuine(values, genuine, b):
+    """``values`` (every score in bin ``b``) minus the genuine scores of that bin, as multisets.
+
+    The genuine scores were read from the same score matrices, so they are the same float32
+    values and cancel exactly."""
+    gen = np.sort(genuine[_bin_of(genuine) == b])
+    if not len(gen):
+        return values
+    values = np.sort(values)
+    keep = np.ones(len(values), bool)
+    first = np.searchsorted(values, gen, side='left')
+    for p, count in zip(*np.unique(first, return_counts=True)):
+        keep[p:p + count] = False
+    return values[keep]
 
 
 def roc_from_histogram(genuine_scores, impostor_histogram):
