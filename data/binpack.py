@@ -129,3 +129,57 @@ def build_bin_from_rec(rec_path, out_path, num_pairs, seed=0, num_folds=10):
     save_bin(out_path, images, issame)
     LOGGER.info('%s: %d pairs (%d folds) from %s', out_path, len(issame), num_folds, rec_path)
     return out_path
+
+
+def read_pairs(pairs_file, image_root, extension='.jpg'):
+    """Pairs of an LFW-style ``pairs.txt``: ``name i j`` (same person) or ``name1 i name2 j``
+    (different people), images at ``image_root/name/name_%04d<extension>``; an optional first
+    line ``folds pairs_per_fold`` is skipped.
+
+    Returns
+    -------
+    list of (path_a, path_b, issame)
+    """
+    out = []
+    with open(pairs_file) as f:
+        for line_no, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields or (line_no == 1 and len(fields) == 2 and
+                              all(v.isdigit() for v in fields)):
+                continue
+            path = lambda name, idx: os.path.join(image_root, name, '%s_%04d%s'
+                                                  % (name, int(idx), extension))
+            try:
+                if len(fields) == 3:
+                    out.append((path(fields[0], fields[1]), path(fields[0], fields[2]), True))
+                elif len(fields) == 4:
+                    out.append((path(fields[0], fields[1]), path(fields[2], fields[3]), False))
+                else:
+                    raise ValueError
+            except ValueError:
+                raise FaceDataError('%s line %d: expected "name i j" or "name1 i name2 j", got %r'
+                                    % (pairs_file, line_no, line.strip()))
+    return out
+
+
+def build_bin_from_pairs(pairs_file, image_root, out_path, image_size=(112, 112)):
+    """A pack from an LFW-style pairs list of aligned face images (stored as their JPEG bytes)."""
+    pairs = read_pairs(pairs_file, image_root)
+    images, issame = [], []
+    for a, b, same in pairs:
+        for path in (a, b):
+            try:
+                with open(path, 'rb') as f:
+                    raw = f.read()
+            except OSError as err:
+                raise FaceDataError('%s: cannot read image listed in %s (%s)'
+                                    % (path, pairs_file, err))
+            img = decode_image(raw, path, 'file')
+            if img.shape[:2] != tuple(image_size):
+                raise FaceDataError('%s: expected an aligned %dx%d face, got %dx%d'
+                                    % (path, image_size[0], image_size[1], img.shape[0],
+                                       img.shape[1]))
+            images.append(raw)
+        issame.append(same)
+    save_bin(out_path, images, issame)
+    return out_path

@@ -238,3 +238,22 @@ def test_bin_round_trip_pairs_and_bad_packs(small_rec, tmp_path):
     assert load_bin(raw)[0].shape == (2, 112, 112, 3)
     with pytest.raises(FaceDataError, match='1 images for 1 pairs'):
         save_bin(str(tmp_path / 'x.bin'), [solid(1)], [True])
+
+
+def test_bin_from_lfw_style_pairs(tmp_path):
+    from vargfacenet.data.binpack import build_bin_from_pairs
+    for name, value in (('Ann', 40), ('Bo', 200)):
+        (tmp_path / 'img' / name).mkdir(parents=True)
+        for i in (1, 2):
+            cv2.imwrite(str(tmp_path / 'img' / name / ('%s_%04d.jpg' % (name, i))),
+                        solid(value + i))
+    (tmp_path / 'pairs.txt').write_text('1 2\nAnn 1 2\nAnn 1 Bo 2\n')
+    out = build_bin_from_pairs(str(tmp_path / 'pairs.txt'), str(tmp_path / 'img'),
+                               str(tmp_path / 'p.bin'))
+    images, issame = load_bin(out)
+    assert issame.tolist() == [True, False]
+    assert abs(images[3].mean() - 202) < 3                  # Bo_0002
+    (tmp_path / 'bad.txt').write_text('Ann 1\n')
+    with pytest.raises(FaceDataError, match=r'bad\.txt line 1: expected'):
+        build_bin_from_pairs(str(tmp_path / 'bad.txt'), str(tmp_path / 'img'),
+                             str(tmp_path / 'q.bin'))
