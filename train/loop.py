@@ -137,8 +137,8 @@ class ProgressLogger(Callback):
 
     def __call__(self, run, final=False):
         state, now = run.state, time.time()
-        if self.start is None:
-            self.start = (now, state.step - 1)
+        if self.start is None:              # speed counts from the end of the first step
+            self.start = (now, state.step)
         self.window.append(run.last_losses)
         if self.bar is not None:
             self.bar.n = state.step
@@ -146,13 +146,16 @@ class ProgressLogger(Callback):
         if not self.due(state, final) or not self.window:
             return
         t0, s0 = self.start
-        speed = (state.step - s0) * self.batch_size / max(now - t0, 1e-9)
-        eta = (self.max_steps - state.step) * self.batch_size / max(speed, 1e-9)
+        if state.step > s0:
+            speed = (state.step - s0) * self.batch_size / max(now - t0, 1e-9)
+            rate = '%.1f samples/s' % speed
+            eta = _format_seconds((self.max_steps - state.step) * self.batch_size / speed)
+        else:
+            rate, eta = 'first step', '?'
         parts = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
-        LOGGER.info('%sstep %d/%d epoch %d  %.1f samples/s  %s  lr %.3g  ETA %s', self.tag,
-                    state.step, self.max_steps, state.epoch, speed,
-                    '  '.join('%s %.4f' % kv for kv in parts.items()), run.learning_rate(),
-                    _format_seconds(eta))
+        LOGGER.info('%sstep %d/%d epoch %d  %s  %s  lr %.3g  ETA %s', self.tag, state.step,
+                    self.max_steps, state.epoch, rate,
+                    '  '.join('%s %.4f' % kv for kv in parts.items()), run.learning_rate(), eta)
         self.window = []
         if final and self.bar is not None:
             self.bar.close()

@@ -1,0 +1,29 @@
+"""The main job's command line end to end, on the tiny preset (what the README's first command
+runs, at a size that takes a minute)."""
+import json
+import os
+
+from vargfacenet.train import train_kd
+
+
+def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
+    run_dir = str(tmp_path / 'run')
+    argv = ['--recursive', '1', '--preset', 'tiny', '--teacher-preset', 'tiny',
+            '--run-dir', run_dir, '--set', 'data.synthetic_root=%s' % (tmp_path / 'syn'),
+            '--set', "network.kwargs={'multiplier': 0.5}"]
+    train_kd.main(argv)
+    results = json.load(open(os.path.join(run_dir, 'results.json')))
+    assert [r['name'] for r in results] == ['teacher (vargfacenet)', 'from scratch',
+                                            'recursive=1']
+    for r in results:
+        assert r['dataset'] == 'synthetic'
+        assert 0.0 <= r['verification']['synth_lfw']['accuracy_flip_mean'] <= 1.0
+        assert r['lfr']['num_genuine'] > 0
+    report = open(os.path.join(run_dir, 'report.md')).read()
+    assert 'recursive=1' in report and '0.99833' in report
+    assert os.path.getsize(os.path.join(run_dir, 'roc.png')) > 1000
+    assert os.path.isfile(os.path.join(run_dir, 'log.txt'))
+    # a second run reuses every finished stage instead of training again
+    stamp = os.path.getmtime(os.path.join(run_dir, 'model-gen1-train.json'))
+    train_kd.main(argv)
+    assert os.path.getmtime(os.path.join(run_dir, 'model-gen1-train.json')) == stamp
