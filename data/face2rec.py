@@ -16,7 +16,6 @@ import logging
 import os
 
 import cv2
-import numpy as np
 
 from vargfacenet.data.align import align_face, parse_landmarks
 from vargfacenet.data.recordio import FaceDataError, FaceRecordWriter

@@ -9,7 +9,7 @@ reference does; only the ``fc1`` head uses 2e-5.
 """
 import mxnet as mx
 
-from vargfacenet.symbol.blocks import (LayerSettings, activation, batchnorm, embedding_fc_bn,
+from vargfacenet.symbol.blocks import (LayerSettings, activation, embedding_fc_bn,
                                        normalized_input)
 
 # (name, blocks, output channels, expansion channels of the depthwise conv) per residual stage.

@@ -8,7 +8,7 @@ import pytest
 
 from vargfacenet.data.align import (ARCFACE_TEMPLATE, align_face, estimate_similarity,
                                     parse_landmarks)
-from vargfacenet.data.face2rec import build_rec, folder_items, lst_items, main
+from vargfacenet.data.face2rec import build_rec, lst_items, main
 from vargfacenet.data.recordio import FaceDataError, FaceRecordReader
 
 

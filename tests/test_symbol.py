@@ -2,7 +2,6 @@
 import json
 import os
 
-import mxnet as mx
 import numpy as np
 import pytest
 
