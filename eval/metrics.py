@@ -215,8 +215,12 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
     inside = {b: [] for _, b, _ in wanted.values()}
     if inside:
         targets = np.array(sorted(inside), np.int32)
+        # only scores at or above the lowest wanted bin can matter: one comparison per score,
+        # then binning of that (small, for FPRs <= 0.1) remainder
+        lowest = np.float32(targets[0] / _BIN_SCALE - 1.0 - 1e-6)
         for scores, _ in _blocks(features, labels, block_size):
             flat = scores.ravel()
+            flat = flat[flat >= lowest]
             bins = _bin_of(flat)
             hit = np.isin(bins, targets)
             values, value_bins = flat[hit], bins[hit]
