@@ -27,6 +27,8 @@ setup(
     python_requires='>=3.9,<3.12',
     packages=list(PACKAGES) + ['vargfacenet.train.configs'],
     package_dir=dict(PACKAGES, **{'vargfacenet.train.configs': 'train/configs'}),
+    # the fused CPU operators are compiled from this source on first use (symbol/fastops.py)
+    package_data={'vargfacenet.symbol': ['csrc/*.cc']},
     install_requires=REQUIREMENTS,
     extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1']},
     license='Apache-2.0',

@@ -45,19 +45,42 @@ def _output_ndims(sym, input_shapes):
     return {name: shape for name, shape in zip(internals.list_outputs(), out_shapes)}
 
 
-def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, **input_shapes):
-    """Rewrite every PReLU of ``sym`` into relu / depthwise-1x1-conv form.
+KERNELS = ('auto', 'fused', 'graph')
+
+
+def _bn_fusable(node):
+    """A BatchNorm the fused operator reproduces (channels on axis 1, batch statistics)."""
+    attrs = node.get('attrs', {})
+    return (node['op'] == 'BatchNorm'
+            and str(attrs.get('axis', '1')) in ('1', '-3')
+            and attrs.get('use_global_stats', 'False') in ('False', 'false', '0')
+            and attrs.get('output_mean_var', 'False') in ('False', 'false', '0'))
+
+
+def _is_prelu(node):
+    return node['op'] == 'LeakyReLU' and node.get('attrs', {}).get('act_type') == 'prelu'
+
+
+def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, kernels='auto',
+             **input_shapes):
+    """Rewrite ``sym`` into faster CPU operators with the same parameters and mathematics.
 
     Parameters
     ----------
     sym : Symbol
         Any graph (a whole training graph with heads and losses is fine).
     mode : {'train', 'inference'}
-        Both use the same rewrite; the argument documents intent and is checked.
+        ``'train'``: the graph is only ever run in training mode, so BatchNorm may be replaced
+        by the fused operator, which always uses batch statistics. ``'inference'``: BatchNorm is
+        kept (it must use its moving statistics); only PReLU is rewritten.
     data_shape : tuple
         Shape of ``data`` used to find each PReLU's channel count.
     for_gpu : bool
-        Return ``sym`` unchanged (cuDNN's PReLU path is already fast).
+        Return ``sym`` unchanged (cuDNN's BatchNorm and PReLU are already fast).
+    kernels : {'auto', 'fused', 'graph'}
+        ``'fused'``: the C++ operators of :mod:`vargfacenet.symbol.fastops` (BatchNorm+PReLU in
+        one pass, PReLU); ``'graph'``: the standard-operator PReLU rewrite; ``'auto'``: fused
+        when the operator library builds and loads, else graph.
     **input_shapes
         Shapes of other inputs shape inference needs (e.g. ``teacher_emb=(1, 512)``).
 
@@ -68,7 +91,117 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, **in
     """
     if mode not in ('train', 'inference'):
         raise ValueError("mode must be 'train' or 'inference', got %r" % (mode,))
-    if for_gpu or count_prelu(sym) == 0:
+    if kernels not in KERNELS:
+        raise ValueError('kernels must be one of %s, got %r' % (', '.join(KERNELS), kernels))
+    if for_gpu:
+        return sym
+    if kernels != 'graph':
+        from vargfacenet.symbol import fastops
+        if fastops.available():
+            return _rewrite_fused(sym, mode == 'train', data_shape, input_shapes)
+        if kernels == 'fused':
+            raise RuntimeError('fused operators requested but unavailable: %s'
+                               % fastops._state['error'])
+    return _rewrite_graph(sym, data_shape, input_shapes)
+
+
+def _entry_name(nodes, entry):
+    node = nodes[entry[0]]
+    if node['op'] == 'null':
+        return node['name']
+    return node['name'] + '_output'
+
+
+def _consumers(graph):
+    count = [0] * len(graph['nodes'])
+    for node in graph['nodes']:
+        for j, _, _ in node['inputs']:
+            count[j] += 1
+    for j, _, _ in graph['heads']:
+        count[j] += 1
+    return count
+
+
+def _finish(graph, nodes, remap):
+    out = {'nodes': nodes,
+           'arg_nodes': [i for i, n in enumerate(nodes) if n['op'] == 'null'],
+           'node_row_ptr': list(range(len(nodes) + 1)),
+           'heads': [[remap[j], k, v] for j, k, v in graph['heads']],
+           'attrs': graph.get('attrs', {})}
+    return mx.sym.load_json(json.dumps(out))
+
+
+def _rewrite_fused(sym, fuse_bn, data_shape, input_shapes):
+    from vargfacenet.symbol.fastops import OP_BN_ACT, OP_CHANNEL_SCALE, OP_PRELU
+    graph = json.loads(sym.tojson())
+    src = graph['nodes']
+    consumers = _consumers(graph)
+    # BatchNorm nodes whose only consumer is a PReLU on their output: fused into that PReLU
+    fused_into = {}
+    for j, node in enumerate(src):
+        if _is_prelu(node):
+            i = node['inputs'][0][0]
+            if fuse_bn and _bn_fusable(src[i]) and consumers[i] == 1 and node['inputs'][0][1] == 0:
+                fused_into[j] = i
+    skipped = set(fused_into.values())
+    # broadcast_mul(x (N, C, H, W), s (N, C, 1, 1)) in either argument order: channel scaling
+    channel_scales = {}
+    shapes = _output_ndims(sym, dict(input_shapes, data=data_shape))
+    for i, node in enumerate(src):
+        if node['op'] == 'broadcast_mul' and len(node['inputs']) == 2:
+            dims = [shapes.get(_entry_name(src, e)) for e in node['inputs']]
+            if all(dims) and len(dims[0]) == len(dims[1]) >= 3:
+                for order in ((0, 1), (1, 0)):
+                    x, k = dims[order[0]], dims[order[1]]
+                    if (tuple(k[:2]) == tuple(x[:2]) and all(v == 1 for v in k[2:])
+                            and any(v != 1 for v in x[2:])):
+                        channel_scales[i] = order
+                        break
+    # MXNet 1.9.1 cannot infer shapes backwards into a library operator's inputs (an unknown
+    # input shape has ndim -1, which its size computation turns into a huge allocation), so
+    # every parameter of the new operators states its shape on the variable.
+    arg_shapes, _, aux_shapes = sym.infer_shape_partial(**dict(input_shapes, data=data_shape))
+    known = dict(zip(sym.list_arguments(), arg_shapes))
+    known.update(zip(sym.list_auxiliary_states(), aux_shapes))
+
+    def state_shapes(new_inputs):
+        for j, _, _ in new_inputs[1:]:
+            var = nodes[j]
+            if var['op'] == 'null' and known.get(var['name']):
+                var.setdefault('attrs', {})['__shape__'] = str(tuple(known[var['name']]))
+
+    nodes, remap = [], {}
+    for i, node in enumerate(src):
+        if i in skipped:
+            continue
+        # (a fused PReLU's data input is the skipped BatchNorm: replaced below)
+        inputs = [[remap.get(j), k, v] for j, k, v in node['inputs']]
+        if i in fused_into or (fuse_bn and _bn_fusable(node)):
+            bn = src[fused_into[i]] if i in fused_into else node
+            bn_attrs = bn.get('attrs', {})
+            bn_inputs = [[remap[j], k, v] for j, k, v in bn['inputs']]
+            new = {'op': OP_BN_ACT, 'name': node['name'],
+                   'attrs': {'eps': bn_attrs.get('eps', '0.001'),
+                             'momentum': bn_attrs.get('momentum', '0.9'),
+                             'fix_gamma': bn_attrs.get('fix_gamma', 'True'),
+                             'act_type': 'prelu' if i in fused_into else 'none'},
+                   'inputs': bn_inputs + ([inputs[1]] if i in fused_into else [])}
+        elif _is_prelu(node):
+            new = {'op': OP_PRELU, 'name': node['name'], 'inputs': inputs}
+        elif i in channel_scales:
+            new = {'op': OP_CHANNEL_SCALE, 'name': node['name'],
+                   'inputs': [inputs[k] for k in channel_scales[i]]}
+        else:
+            new = dict(node, inputs=inputs)
+        if new['op'] in (OP_BN_ACT, OP_PRELU):  # (the channel scale has no parameters)
+            state_shapes(new['inputs'])
+        nodes.append(new)
+        remap[i] = len(nodes) - 1
+    return _finish(graph, nodes, remap)
+
+
+def _rewrite_graph(sym, data_shape, input_shapes):
+    if count_prelu(sym) == 0:
         return sym
     graph = json.loads(sym.tojson())
     shapes = _output_ndims(sym, dict(input_shapes, data=data_shape))
@@ -83,8 +216,7 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, **in
 
     for i, node in enumerate(graph['nodes']):
         inputs = [[remap[j], k, v] for j, k, v in node['inputs']]
-        attrs = node.get('attrs', {})
-        if node['op'] == 'LeakyReLU' and attrs.get('act_type') == 'prelu':
+        if _is_prelu(node):
             name = node['name']
             shape = shapes.get(name + '_output')
             if not shape:
@@ -112,9 +244,4 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, **in
             copy['inputs'] = inputs
             nodes.append(copy)
             remap[i] = len(nodes) - 1
-    out = {'nodes': nodes,
-           'arg_nodes': [i for i, n in enumerate(nodes) if n['op'] == 'null'],
-           'node_row_ptr': list(range(len(nodes) + 1)),
-           'heads': [[remap[j], k, v] for j, k, v in graph['heads']],
-           'attrs': graph.get('attrs', {})}
-    return mx.sym.load_json(json.dumps(out))
+    return _finish(graph, nodes, remap)

@@ -1,0 +1,177 @@
+"""Fused CPU operators (BatchNorm+PReLU, PReLU) as an MXNet external operator library.
+
+The C++ source is ``symbol/csrc/vfn_ops.cc`` (why it exists and its exact mathematics are at the
+top of that file). It is compiled against ``lib_api.h``, which ships inside the mxnet wheel, with
+the system C++ compiler, on first use or explicitly::
+
+    python symbol/fastops.py --build        # prints the library path
+
+pip builds packages in an isolated environment without mxnet, so the install step cannot
+compile it; the first ``load()`` does (about 8 s, once). The result is cached under a name that
+hashes the source, the mxnet version and the compiler flags, next to this file when that folder
+is writable, else in ``$XDG_CACHE_HOME/vargfacenet`` (``~/.cache/vargfacenet``). Set
+``VARGFACENET_OPS_LIB`` to use a prebuilt library, or ``VARGFACENET_OPS=0`` to never build or
+load one (the fast path then uses its standard-operator rewrite).
+
+Nothing here touches exported checkpoints: graphs that use these operators exist only inside the
+training loop (``vargfacenet.symbol.fastpath``).
+"""
+import argparse
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+__all__ = ['load', 'build', 'available', 'OpsBuildError', 'OP_BN_ACT', 'OP_PRELU', 'OP_CHANNEL_SCALE']
+
+LOGGER = logging.getLogger(__name__)
+OP_BN_ACT = 'vfn_bn_act'
+OP_PRELU = 'vfn_prelu'
+OP_CHANNEL_SCALE = 'vfn_channel_scale'
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'vfn_ops.cc')
+# -march=native: without AVX the per-element selects of PReLU do not vectorise and the kernels
+# run 3-4x slower (measured here: BatchNorm+PReLU backward 3.9 ms -> 1.1 ms at (8, 40, 56, 56)).
+# The cache name therefore includes the CPU's feature flags, so a shared cache folder never hands
+# a library built for one CPU to another.
+CXXFLAGS = ['-shared', '-fPIC', '-std=c++17', '-O3', '-fopenmp', '-march=native']
+
+_state = {'path': None, 'error': None}
+
+
+class OpsBuildError(RuntimeError):
+    """The operator library could not be built or loaded."""
+
+
+def _mxnet_dir():
+    spec = importlib.util.find_spec('mxnet')
+    if spec is None or not spec.submodule_search_locations:
+        raise OpsBuildError('mxnet is not installed')
+    return list(spec.submodule_search_locations)[0]
+
+
+def _mxnet_version(mx_dir):
+    with open(os.path.join(mx_dir, 'libinfo.py')) as f:
+        for line in f:
+            if line.startswith('__version__'):
+                return line.split('=')[1].strip().strip('"\'')
+    return 'unknown'
+
+
+def _cpu_signature():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('flags'):
+                    return line.strip()
+    except OSError:
+        pass
+    import platform
+    return platform.machine() + platform.processor()
+
+
+def _library_name(mx_dir):
+    digest = hashlib.sha1()
+    with open(SOURCE, 'rb') as f:
+        digest.update(f.read())
+    digest.update(_mxnet_version(mx_dir).encode())
+    digest.update(' '.join(CXXFLAGS).encode())
+    digest.update(_cpu_signature().encode())
+    return 'libvfn_ops-%s.so' % digest.hexdigest()[:12]
+
+
+def _cache_dirs():
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_build')
+    cache = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
+                         'vargfacenet')
+    return [here, cache]
+
+
+def build(force=False):
+    """Compile the library if no cached build exists; return its path.
+
+    Raises :class:`OpsBuildError` (with the compiler's message) when it cannot be built.
+    """
+    mx_dir = _mxnet_dir()
+    name = _library_name(mx_dir)
+    for folder in _cache_dirs():
+        if not force and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+    if not compiler:
+        raise OpsBuildError('no C++ compiler found (set CXX, or install g++)')
+    header = os.path.join(mx_dir, 'include', 'mxnet', 'lib_api.h')
+    lib_api = os.path.join(mx_dir, 'src', 'lib_api.cc')
+    for needed in (header, lib_api, SOURCE):
+        if not os.path.isfile(needed):
+            raise OpsBuildError('missing %s (the mxnet wheel ships it from 1.8 on)' % needed)
+    last_error = None
+    for folder in _cache_dirs():
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix='.' + name, suffix='.tmp', dir=folder)
+            os.close(fd)
+        except OSError as exc:
+            last_error = exc
+            continue
+        cmd = [compiler] + CXXFLAGS + ['-I', os.path.join(mx_dir, 'include'), SOURCE, lib_api,
+                                       '-o', tmp]
+        LOGGER.info('building the fused-operator library: %s', ' '.join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            raise OpsBuildError('compiling %s failed:\n%s' % (SOURCE, proc.stderr[-4000:]))
+        os.replace(tmp, os.path.join(folder, name))
+        return os.path.join(folder, name)
+    raise OpsBuildError('no writable folder for the library (%s): %s'
+                        % (', '.join(_cache_dirs()), last_error))
+
+
+def load():
+    """Build (if needed) and load the library into MXNet once; return its path or ``None``.
+
+    ``None`` (with one logged warning) when ``VARGFACENET_OPS=0`` or the build fails: callers fall
+    back to standard operators.
+    """
+    if _state['path'] or _state['error']:
+        return _state['path']
+    if os.environ.get('VARGFACENET_OPS', '1') == '0':
+        _state['error'] = 'disabled by VARGFACENET_OPS=0'
+        return None
+    try:
+        path = os.environ.get('VARGFACENET_OPS_LIB') or build()
+        import mxnet as mx
+        mx.library.load(os.path.abspath(path), verbose=False)
+    except (OpsBuildError, OSError, Exception) as exc:  # MXNetError is an Exception
+        _state['error'] = str(exc)
+        LOGGER.warning('fused CPU operators unavailable, using standard operators: %s', exc)
+        return None
+    _state['path'] = path
+    return path
+
+
+def available():
+    """True when the operators are loaded (building them first if needed)."""
+    return load() is not None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Build the fused CPU operator library.')
+    parser.add_argument('--build', action='store_true', help='compile it (if not cached)')
+    parser.add_argument('--force', action='store_true', help='recompile even if cached')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        path = build(force=args.force) if (args.build or args.force) else load()
+    except OpsBuildError as exc:
+        sys.exit('error: %s' % exc)
+    if path is None:
+        sys.exit('error: %s' % _state['error'])
+    print(path)
+
+
+if __name__ == '__main__':
+    main()
