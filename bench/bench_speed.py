@@ -1,13 +1,25 @@
-"""Speed of the faithful graph vs the fast path (PReLU rewrite), oneDNN on and off.
+"""Speed of the faithful graph vs the fast paths, oneDNN on and off, and ONNX Runtime.
 
-``python bench/bench_speed.py [--repeats 5]`` prints one markdown table (images/s, ratio,
-achieved GFLOP/s, peak memory) for inference at batch 1 and 32 and SGD training steps at batch 8
-and 32, for VarGFaceNet and MobileFaceNet, and writes ``bench/results/speed.json``. Each
-configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` at import; peak
-memory is that process's ``ru_maxrss``). PyTorch and ONNX Runtime columns are not measured
-here (no PyTorch port ships with the project; see docs/speed.md).
+``python bench/bench_speed.py [--repeats 5]`` prints one markdown table for inference at batch 1
+and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, for VarGFaceNet and
+MobileFaceNet, and writes ``bench/results/speed.json``. Columns (images/s, median of the timed
+repetitions after warm-up steps):
+
+* ``faithful, oneDNN`` - the reference graph as MXNet runs it by default;
+* ``faithful, native`` - the same with ``MXNET_MKLDNN_ENABLED=0``;
+* ``graph, native`` - the standard-operator PReLU rewrite with native kernels;
+* ``fused, oneDNN`` - the fused C++ operators beside oneDNN convolutions (what training and
+  evaluation use by default);
+* ``ONNX Runtime`` - the exported model (``symbol/onnx_export.py``) on ONNX Runtime's CPU
+  provider, inference only;
+* ``PyTorch`` - not measured: no PyTorch port ships with the project (skipped with a note).
+
+plus the fused path's achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident
+memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
+it loads; peak memory is that process's ``ru_maxrss``).
 """
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,15 +32,30 @@ import json, resource, sys, time
 import numpy as np
 from vargfacenet.symbol import get_symbol, fastpath, flops
 import mxnet as mx
-net, mode, batch, fast, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == '1', int(sys.argv[5])
+net, mode, batch, kernels, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 emb = get_symbol(net)
 per_image = flops.count(emb)['flops']
-if mode == 'infer':
-    sym = fastpath.optimize(emb, 'inference') if fast else emb
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', (batch, 3, 112, 112))], for_training=False)
+shape = (batch, 3, 112, 112)
+rng = np.random.RandomState(0)
+if kernels == 'ort':
+    import onnxruntime
+    from vargfacenet.symbol.onnx_export import export_onnx
+    mod = mx.mod.Module(emb, label_names=None)
+    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
     mod.init_params(mx.init.Xavier(magnitude=2))
-    batch_obj = mx.io.DataBatch([mx.nd.array(np.random.rand(batch, 3, 112, 112) * 255)])
+    path = '/tmp/bench_speed_%s_%d.onnx' % (net, time.time() * 1000)
+    export_onnx(emb, *mod.get_params(), path)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    images = rng.uniform(0, 255, shape).astype(np.float32)
+    def step():
+        session.run(None, {'data': images})
+    work = per_image
+elif mode == 'infer':
+    sym = emb if kernels == 'faithful' else fastpath.optimize(emb, 'inference', data_shape=shape, kernels=kernels)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[('data', shape)], for_training=False)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    batch_obj = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, shape))])
     def step():
         mod.forward(batch_obj, is_train=False)
         mod.get_outputs()[0].asnumpy()
@@ -37,20 +64,21 @@ else:
     from vargfacenet.train.config import load_config
     from vargfacenet.train.distill import build_training_symbol
     sym, names = build_training_symbol(emb, 1000, load_config(None).loss)
-    if fast:
-        sym = fastpath.optimize(sym, 'train')
+    if kernels != 'faithful':
+        sym = fastpath.optimize(sym, 'train', kernels=kernels)
     mod = mx.mod.Module(sym, data_names=names, label_names=['softmax_label'])
-    mod.bind(data_shapes=[('data', (batch, 3, 112, 112))], label_shapes=[('softmax_label', (batch,))])
+    mod.bind(data_shapes=[('data', shape)], label_shapes=[('softmax_label', (batch,))])
     mod.init_params(mx.init.Xavier(magnitude=2))
     mod.init_optimizer(optimizer='sgd', optimizer_params=dict(learning_rate=1e-4, momentum=0.9, rescale_grad=1.0))
-    batch_obj = mx.io.DataBatch([mx.nd.array(np.random.rand(batch, 3, 112, 112) * 255)],
+    batch_obj = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, shape))],
                                 [mx.nd.array(np.arange(batch) % 1000)])
     def step():
         mod.forward_backward(batch_obj)
         mod.update()
         mod.get_outputs()[0].asnumpy()
     work = 3 * per_image          # forward + backward ~ 3x the forward FLOPs
-step()
+for _ in range(3 if batch < 32 else 2):   # warm-up: oneDNN creates its primitives on first use
+    step()
 times = []
 for _ in range(repeats):
     t = time.time(); step(); times.append(time.time() - t)
@@ -59,11 +87,16 @@ print(json.dumps(dict(images_per_s=batch / median, gflops=batch * work / median 
                       peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 '''
 
+# (column label, kernels, oneDNN)
+CONFIGS = [('faithful, oneDNN', 'faithful', True), ('faithful, native', 'faithful', False),
+           ('graph, native', 'graph', False), ('fused, oneDNN', 'fused', True)]
+BASELINE, FAST = 'faithful, oneDNN', 'fused, oneDNN'
 
-def run(net, mode, batch, fast, onednn, repeats):
+
+def run(net, mode, batch, kernels, onednn, repeats):
     env = dict(os.environ, MXNET_MKLDNN_ENABLED='1' if onednn else '0',
                MXNET_STORAGE_FALLBACK_LOG_VERBOSE='0')
-    out = subprocess.run([sys.executable, '-c', CHILD, net, mode, str(batch), '1' if fast else '0',
+    out = subprocess.run([sys.executable, '-c', CHILD, net, mode, str(batch), kernels,
                           str(repeats)], capture_output=True, text=True, env=env, timeout=1800)
     lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
     if out.returncode or not lines:
@@ -80,27 +113,36 @@ def main(argv=None):
                                                       'results', 'speed.json'),
                         help='JSON output')
     args = parser.parse_args(argv)
+    have_ort = importlib.util.find_spec('onnxruntime') is not None
+    have_torch = importlib.util.find_spec('torch') is not None
+    labels = [c[0] for c in CONFIGS] + ['ONNX Runtime']
+    print('| network | mode | batch | ' + ' | '.join(labels) +
+          ' | fused/faithful | fused GFLOP/s | fused peak MB |')
+    print('|' + '---|' * (len(labels) + 6))
     rows = []
-    header = ('| network | mode | batch | oneDNN | faithful img/s | fast img/s | fast/faithful | '
-              'fast GFLOP/s | fast peak MB |')
-    print(header)
-    print('|' + '---|' * 9)
+    fmt = lambda r: '%.1f' % r['images_per_s'] if 'images_per_s' in r else (  # noqa: E731
+        r.get('error', '-')[:40])
     for net in args.networks.split(','):
         for mode, batch in (('infer', 1), ('infer', 32), ('train', 8), ('train', 32)):
-            for onednn in (True, False):
-                ref = run(net, mode, batch, False, onednn, args.repeats)
-                fast = run(net, mode, batch, True, onednn, args.repeats)
-                row = dict(network=net, mode=mode, batch=batch, onednn=onednn, faithful=ref,
-                           fast=fast)
-                rows.append(row)
-                fmt = lambda r, k, f='%.1f': f % r[k] if k in r else r.get('error', '?')[:30]
-                ratio = (fast['images_per_s'] / ref['images_per_s']
-                         if 'images_per_s' in fast and 'images_per_s' in ref else float('nan'))
-                print('| %s | %s | %d | %s | %s | %s | %.2f | %s | %s |' % (
-                    net, mode, batch, 'on' if onednn else 'off', fmt(ref, 'images_per_s'),
-                    fmt(fast, 'images_per_s'), ratio, fmt(fast, 'gflops'),
-                    fmt(fast, 'peak_mb', '%.0f')), flush=True)
-    write_json(args.out, rows)
+            results = {label: run(net, mode, batch, kernels, onednn, args.repeats)
+                       for label, kernels, onednn in CONFIGS}
+            if mode == 'infer' and have_ort:
+                results['ONNX Runtime'] = run(net, mode, batch, 'ort', True, args.repeats)
+            else:
+                results['ONNX Runtime'] = dict(error='-' if have_ort else 'not installed')
+            base, fast = results[BASELINE], results[FAST]
+            ratio = (fast['images_per_s'] / base['images_per_s']
+                     if 'images_per_s' in fast and 'images_per_s' in base else float('nan'))
+            rows.append(dict(network=net, mode=mode, batch=batch, results=results,
+                             fused_over_faithful=ratio))
+            print('| %s | %s | %d | %s | %.2f | %s | %s |' % (
+                net, mode, batch, ' | '.join(fmt(results[l]) for l in labels), ratio,
+                '%.1f' % fast['gflops'] if 'gflops' in fast else '-',
+                '%.0f' % fast['peak_mb'] if 'peak_mb' in fast else '-'), flush=True)
+    note = ('PyTorch: not measured (no PyTorch port ships with this project)'
+            + ('' if have_torch else '; torch is not installed here'))
+    print('\n' + note)
+    write_json(args.out, dict(rows=rows, notes=[note]))
 
 
 if __name__ == '__main__':

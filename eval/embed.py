@@ -3,6 +3,8 @@ import logging
 import os
 
 import mxnet as mx
+
+from vargfacenet.symbol import fastpath
 import numpy as np
 
 LOGGER = logging.getLogger(__name__)
@@ -41,10 +43,15 @@ class Embedder:
     arg_params, aux_params : dict of str to NDArray
     ctx : Context
     batch_size : int
+    fast : bool
+        Run the same mathematics through the fast CPU operators
+        (:func:`vargfacenet.symbol.fastpath.inference_graph`; ~2x on VarGFaceNet).
     """
 
-    def __init__(self, sym, arg_params, aux_params, ctx=mx.cpu(), batch_size=32):
+    def __init__(self, sym, arg_params, aux_params, ctx=mx.cpu(), batch_size=32, fast=True):
         self.batch_size = batch_size
+        if fast:
+            sym = fastpath.inference_graph(sym, ctx, batch_size)
         self.module = mx.mod.Module(sym, data_names=['data'], label_names=None, context=ctx)
         self.module.bind(data_shapes=[('data', (batch_size, 3, 112, 112))], for_training=False)
         self.module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)

@@ -13,8 +13,13 @@ is writable, else in ``$XDG_CACHE_HOME/vargfacenet`` (``~/.cache/vargfacenet``).
 ``VARGFACENET_OPS_LIB`` to use a prebuilt library, or ``VARGFACENET_OPS=0`` to never build or
 load one (the fast path then uses its standard-operator rewrite).
 
-Nothing here touches exported checkpoints: graphs that use these operators exist only inside the
-training loop (``vargfacenet.symbol.fastpath``).
+Nothing here touches exported checkpoints: graphs that use these operators exist only inside
+running modules (training, evaluation, the frozen teacher; ``vargfacenet.symbol.fastpath``).
+
+Two limits of MXNet 1.9.1's library-operator support shape the design: operators do not learn
+whether a pass is training or inference (so the fused BatchNorm is only put into training
+graphs), and MXNet cannot infer an operator input's shape backwards (an unknown shape crashes
+shape inference), so every parameter variable feeding these operators states its shape.
 """
 import argparse
 import hashlib

@@ -1,22 +1,25 @@
-"""Faster CPU execution of the same mathematics: an exact graph rewrite of PReLU.
+"""Faster CPU execution of the same mathematics: graph rewrites behind one switch.
 
-MXNet 1.9.1's ``LeakyReLU(act_type='prelu')`` is slow on CPU in both directions (about 235 ms
-forward+backward for a (16, 80, 56, 56) tensor here), and VarGFaceNet has 100 of them. The
-rewrite expresses each one exactly through kernels that are fast::
+VarGFaceNet spends most of an MXNet 1.9.1 CPU training step outside its convolutions: oneDNN's
+BatchNorm backward is ~17x slower than the native one, ``LeakyReLU(act_type='prelu')`` is slow
+in both directions and never a oneDNN operator, and ``broadcast_mul``'s backward (the SE
+blocks) is a slow reduction. :func:`optimize` rewrites a graph, keeping every parameter name and
+shape (``list_arguments()`` / ``list_auxiliary_states()`` are unchanged, so the same parameter
+dicts bind to both graphs), in one of two ways:
 
-    prelu(x; a) = relu(x) - a * relu(-x)
-                = relu(x) - Convolution(relu(-x), weight=reshape(a, (C, 1, 1, 1)),
-                                        kernel 1x1, num_group=C)
+``kernels='fused'`` (default when the library builds, see :mod:`vargfacenet.symbol.fastops`)
+    BatchNorm followed by PReLU becomes one ``vfn_bn_act`` operator, other BatchNorms
+    ``vfn_bn_act(act_type='none')``, other PReLUs ``vfn_prelu``, and the SE product
+    ``vfn_channel_scale``; convolutions stay MXNet's (oneDNN). BatchNorm is only replaced in
+    ``mode='train'``: the fused operator always uses batch statistics.
+``kernels='graph'`` (standard operators only)
+    ``prelu(x; a) = relu(x) - Convolution(relu(-x), weight=reshape(a, (C, 1, 1, 1)),
+    kernel 1x1, num_group=C)`` (a ``broadcast_mul`` on 2-D inputs).
 
-(53 ms for the same tensor; the output and input gradient are bit-identical, the slope gradient
-equal to float rounding). On 2-D inputs (after ``pre_fc1``) the per-channel product is a
-``broadcast_mul``. The slope keeps its name ``<layer>_gamma`` and shape ``(C,)``, so
-``list_arguments()`` / ``list_auxiliary_states()`` are unchanged and the same parameter dicts bind
-to both graphs; only the internal node list differs. Checkpoints always export the faithful
-graph (standard operators, reference names), never this one.
-
-On GPU, cuDNN has no depthwise 1x1 kernel better than the native PReLU, so :func:`optimize`
-returns the graph unchanged for GPU contexts (``for_gpu=True``).
+Both also fix MXNet 1.9.1's wrong in-graph PReLU slope gradients (docs/speed.md). Checkpoints
+always export the faithful graph (standard operators, reference names), never a rewritten one.
+On GPU (``for_gpu=True``) the graph is returned unchanged: cuDNN's kernels are not the
+bottleneck there and the fused operators are CPU-only.
 
 Measured with ``python bench/bench_speed.py`` (see ``docs/speed.md``).
 """
@@ -24,7 +27,7 @@ import json
 
 import mxnet as mx
 
-__all__ = ['optimize', 'is_available', 'count_prelu']
+__all__ = ['optimize', 'inference_graph', 'is_available', 'count_prelu']
 
 
 def is_available():
@@ -46,6 +49,14 @@ def _output_ndims(sym, input_shapes):
 
 
 KERNELS = ('auto', 'fused', 'graph')
+
+
+def inference_graph(sym, ctx, batch_size=1):
+    """The graph an inference-only module should run on ``ctx`` (a Context or a list of them):
+    PReLU and channel scaling through the fused operators on CPU, unchanged on GPU."""
+    contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+    return optimize(sym, mode='inference', data_shape=(batch_size, 3, 112, 112),
+                    for_gpu=any(c.device_type == 'gpu' for c in contexts))
 
 
 def _bn_fusable(node):

@@ -16,6 +16,7 @@ import mxnet as mx
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_path
+from vargfacenet.symbol import fastpath
 from vargfacenet.symbol.margin import margin_logits
 
 LOGGER = logging.getLogger(__name__)
@@ -109,11 +110,12 @@ class FrozenTeacher:
     ctx : Context or list of Context
     """
 
-    def __init__(self, sym, arg_params, aux_params, batch_size, ctx=mx.cpu()):
+    def __init__(self, sym, arg_params, aux_params, batch_size, ctx=mx.cpu(), fast=True):
         self.sym = sym
         self.dim = embedding_dim(sym)
         self.batch_size = batch_size
-        self.module = mx.mod.Module(sym, data_names=['data'], label_names=None, context=ctx)
+        run = fastpath.inference_graph(sym, ctx, batch_size) if fast else sym
+        self.module = mx.mod.Module(run, data_names=['data'], label_names=None, context=ctx)
         self.module.bind(data_shapes=[('data', (batch_size, 3, 112, 112))], for_training=False)
         needed = set(sym.list_arguments()) - {'data'}
         missing = sorted(needed - set(arg_params))

@@ -283,10 +283,15 @@ class Run:
     def _fast(self, sym, input_shapes):
         if not self.cfg.train.fast_path:
             return sym
-        from vargfacenet.symbol import fastpath
-        return fastpath.optimize(sym, mode='train',
-                                 for_gpu=any(c.device_type == 'gpu' for c in self.contexts),
-                                 **input_shapes)
+        from vargfacenet.symbol import fastops, fastpath
+        for_gpu = any(c.device_type == 'gpu' for c in self.contexts)
+        if not for_gpu and not fastops.available() and \
+                os.environ.get('MXNET_MKLDNN_ENABLED', '1') != '0':
+            LOGGER.warning('fused CPU operators unavailable: training uses the standard-operator '
+                           'rewrite, which is about 2x faster with MXNET_MKLDNN_ENABLED=0 '
+                           '(docs/speed.md)')
+        return fastpath.optimize(sym, mode='train', for_gpu=for_gpu,
+                                 data_shape=(1, 3, 112, 112), **input_shapes)
 
     def learning_rate(self):
         opt = self.module._optimizer

@@ -6,11 +6,10 @@ from its last checkpoint with the same schedule.
 """
 import os
 
-# Training on the CPU is fastest with MXNet's native kernels: oneDNN's BatchNorm backward is
-# ~20x slower than the native one and dominates a step (docs/speed.md). MXNet reads this when it
-# loads, so it is set before anything imports mxnet; export MXNET_MKLDNN_ENABLED=1 to override.
-os.environ.setdefault('MXNET_MKLDNN_ENABLED', '0')
-# ... which makes MXNet log a "storage type fallback" notice per operator: expected, not useful
+# oneDNN stays on (MXNet's default): the training graph runs BatchNorm/PReLU in the fused
+# operators (vargfacenet.symbol.fastops) beside oneDNN's convolutions, the fastest combination
+# here (docs/speed.md). MXNet logs a "storage type fallback" notice for every operator that
+# reads a oneDNN-layout input: expected, not useful.
 os.environ.setdefault('MXNET_STORAGE_FALLBACK_LOG_VERBOSE', '0')
 
 import logging  # noqa: E402

@@ -1,0 +1,129 @@
+"""Export an embedding checkpoint to ONNX that ONNX Runtime loads and runs.
+
+``mx.onnx.export_model`` (MXNet 1.9.1) writes graphs ONNX Runtime rejects or runs slowly for these
+networks; this module exports with it and then repairs three things:
+
+* PReLU slopes are exported with shape (C,); ONNX broadcasts from the last axis, so on NCHW data
+  the slope must be (C, 1, 1) (ONNX Runtime fails with "Attempting to broadcast an axis by a
+  dimension other than 1").
+* Every parameter is also listed as a graph input, which stops ONNX Runtime from folding
+  constants; they are removed from the inputs.
+* The declared output shape is 4-D for a 2-D embedding; it is restated as (N, D).
+
+and works around one exporter bug before exporting: a ``FullyConnected`` without an explicit
+``flatten`` attribute is exported as if ``flatten=False`` (MXNet's default is True), which
+turns ``pre_fc1`` on (N, C, 1, 1) data into a wrong Gemm; the attribute is stated explicitly.
+
+::
+
+    python symbol/onnx_export.py --model runs/x/model,0 --out model.onnx   # prints the check
+"""
+import argparse
+import json
+import logging
+import os
+
+import mxnet as mx
+import numpy as np
+
+from vargfacenet.data.atomic import atomic_path
+
+__all__ = ['export_onnx', 'compare_with_mxnet']
+
+LOGGER = logging.getLogger(__name__)
+
+
+def export_onnx(sym, arg_params, aux_params, path, input_shape=(1, 3, 112, 112)):
+    """Write ``sym`` (cut at the embedding) with its parameters to ``path``; return ``path``.
+
+    The batch axis is dynamic: the file runs at any batch size.
+    """
+    import onnx
+    params = dict(arg_params)
+    params.update(aux_params)
+    missing = sorted(set(sym.list_arguments()) - {'data'} - set(params))
+    if missing:
+        raise ValueError('cannot export: %d parameters of the graph are missing, e.g. %s'
+                         % (len(missing), ', '.join(missing[:3])))
+    sym = _explicit_fc_flatten(sym)
+    internals = sym.get_internals()
+    _, out_shapes, _ = internals.infer_shape(data=input_shape)
+    ranks = {name[:-len('_output')]: len(shape)
+             for name, shape in zip(internals.list_outputs(), out_shapes)
+             if name.endswith('_output')}
+    emb_dim = sym.infer_shape(data=input_shape)[1][0][1]
+    with atomic_path(path) as tmp:
+        raw = tmp + '.raw.onnx'
+        try:
+            mx.onnx.export_model(sym, params, in_shapes=[input_shape], in_types=[np.float32],
+                                 onnx_file_path=raw, dynamic=True,
+                                 dynamic_input_shapes=[(None,) + tuple(input_shape[1:])])
+            model = onnx.load(raw)
+        finally:
+            if os.path.exists(raw):
+                os.unlink(raw)
+        graph = model.graph
+        inits = {init.name: init for init in graph.initializer}
+        fixed = 0
+        for node in graph.node:
+            if node.op_type != 'PRelu' or node.input[1] not in inits:
+                continue
+            slope = inits[node.input[1]]
+            rank = ranks.get(node.name, 4)
+            if len(slope.dims) == 1 and rank > 2:
+                slope.dims.extend([1] * (rank - 2))
+                fixed += 1
+        kept = [inp for inp in graph.input if inp.name not in inits]
+        del graph.input[:]
+        graph.input.extend(kept)
+        out = graph.output[0]
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = 'N'
+        dims.add().dim_value = emb_dim
+        onnx.checker.check_model(model)
+        onnx.save(model, tmp)
+    LOGGER.info('wrote %s (%d PReLU slopes reshaped for NCHW broadcasting)', path, fixed)
+    return path
+
+
+def _explicit_fc_flatten(sym):
+    graph = json.loads(sym.tojson())
+    for node in graph['nodes']:
+        if node['op'] == 'FullyConnected':
+            node.setdefault('attrs', {}).setdefault('flatten', 'True')
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def compare_with_mxnet(path, sym, arg_params, aux_params, batch_size=4, seed=0):
+    """Cosine similarities between ONNX Runtime's and MXNet's embeddings of random images."""
+    import onnxruntime
+    rng = np.random.RandomState(seed)
+    images = rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    ours = session.run(None, {session.get_inputs()[0].name: images})[0]
+    module = mx.mod.Module(sym, label_names=None)
+    module.bind(data_shapes=[('data', images.shape)], for_training=False)
+    module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+    module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=False)
+    ref = module.get_outputs()[0].asnumpy()
+    return np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+
+
+def main(argv=None):
+    from vargfacenet.eval.embed import load_model, parse_model_arg
+    parser = argparse.ArgumentParser(description='Export an embedding checkpoint to ONNX.')
+    parser.add_argument('--model', required=True, help='PREFIX,EPOCH of the MXNet checkpoint')
+    parser.add_argument('--layer', default='fc1_output', help='embedding output to export')
+    parser.add_argument('--out', required=True, help='ONNX file to write')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    prefix, epoch = parse_model_arg(args.model)
+    sym, arg_params, aux_params = load_model(prefix, epoch, layer=args.layer)
+    export_onnx(sym, arg_params, aux_params, args.out)
+    cosine = compare_with_mxnet(args.out, sym, arg_params, aux_params)
+    LOGGER.info('ONNX Runtime vs MXNet embeddings: cosine min %.6f', cosine.min())
+
+
+if __name__ == '__main__':
+    main()
