@@ -16,6 +16,8 @@ import os
 # here (docs/speed.md). MXNet logs a "storage type fallback" notice for every operator that
 # reads a oneDNN-layout input: expected, not useful.
 os.environ.setdefault('MXNET_STORAGE_FALLBACK_LOG_VERBOSE', '0')
+# (and one "Subgraph backend MKLDNN is activated" line per executor)
+os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
 
 import logging  # noqa: E402
 
