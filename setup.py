@@ -30,6 +30,8 @@ setup(
     # the fused CPU operators are compiled from this source on first use (symbol/fastops.py)
     package_data={'vargfacenet.symbol': ['csrc/*.cc']},
     install_requires=REQUIREMENTS,
-    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1']},
+    # bench: the PyTorch column of bench/bench_speed.py (the CPU wheel; a bare 'torch' pulls a
+    # multi-GB CUDA build)
+    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1'], 'bench': ['torch==2.13.0']},
     license='Apache-2.0',
 )

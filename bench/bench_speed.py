@@ -11,8 +11,10 @@ repetitions after warm-up steps):
 * ``fused, oneDNN`` - the fused C++ operators beside oneDNN convolutions (what training and
   evaluation use by default);
 * ``ONNX Runtime`` - the exported model (``symbol/onnx_export.py``) on ONNX Runtime's CPU
-  provider, inference only;
-* ``PyTorch`` - not measured: no PyTorch port ships with the project (skipped with a note).
+  provider, inference only (skipped with a note when onnxruntime is absent);
+* ``PyTorch eager`` - the same graph and parameter values run by
+  :mod:`vargfacenet.symbol.torch_port` (an optional extra, ``pip install torch==2.13.0``;
+  skipped with a note when absent), same ArcFace training step.
 
 plus the fused path's achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident
 memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
@@ -37,7 +39,41 @@ emb = get_symbol(net)
 per_image = flops.count(emb)['flops']
 shape = (batch, 3, 112, 112)
 rng = np.random.RandomState(0)
-if kernels == 'ort':
+if kernels == 'torch':
+    import torch
+    import torch.nn.functional as F
+    from vargfacenet.symbol.torch_port import to_torch
+    from vargfacenet.train.config import load_config
+    mod = mx.mod.Module(emb, label_names=None)
+    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    model = to_torch(emb, *mod.get_params())
+    images = torch.from_numpy(rng.uniform(0, 255, shape).astype(np.float32))
+    if mode == 'infer':
+        model.eval()
+        def step():
+            with torch.no_grad():
+                model(images)
+        work = per_image
+    else:
+        # the same training step: ArcFace (s, m from the default config), 1000 classes, SGD
+        loss_cfg = load_config(None).loss
+        dim = emb.infer_shape(data=(1, 3, 112, 112))[1][0][1]
+        model.train()
+        weight = torch.nn.Parameter(torch.randn(1000, dim) * 0.01)
+        labels = torch.arange(batch) % 1000
+        opt = torch.optim.SGD(list(model.parameters()) + [weight], lr=1e-4, momentum=0.9)
+        def step():
+            opt.zero_grad()
+            cos = F.normalize(model(images)) @ F.normalize(weight).t()
+            target = cos.gather(1, labels[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
+            margin = loss_cfg['m2'] if loss_cfg['m2'] is not None else 0.5  # ArcFace's m
+            logits = loss_cfg['s'] * cos.scatter(1, labels[:, None],
+                                                 torch.cos(torch.acos(target) + margin))
+            F.cross_entropy(logits, labels).backward()
+            opt.step()
+        work = 3 * per_image
+elif kernels == 'ort':
     import onnxruntime
     from vargfacenet.symbol.onnx_export import export_onnx
     mod = mx.mod.Module(emb, label_names=None)
@@ -115,7 +151,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     have_ort = importlib.util.find_spec('onnxruntime') is not None
     have_torch = importlib.util.find_spec('torch') is not None
-    labels = [c[0] for c in CONFIGS] + ['ONNX Runtime']
+    labels = [c[0] for c in CONFIGS] + ['ONNX Runtime', 'PyTorch eager']
     print('| network | mode | batch | ' + ' | '.join(labels) +
           ' | fused/faithful | fused GFLOP/s | fused peak MB |')
     print('|' + '---|' * (len(labels) + 6))
@@ -130,6 +166,8 @@ def main(argv=None):
                 results['ONNX Runtime'] = run(net, mode, batch, 'ort', True, args.repeats)
             else:
                 results['ONNX Runtime'] = dict(error='-' if have_ort else 'not installed')
+            results['PyTorch eager'] = (run(net, mode, batch, 'torch', True, args.repeats)
+                                        if have_torch else dict(error='not installed'))
             base, fast = results[BASELINE], results[FAST]
             ratio = (fast['images_per_s'] / base['images_per_s']
                      if 'images_per_s' in fast and 'images_per_s' in base else float('nan'))
@@ -139,10 +177,20 @@ def main(argv=None):
                 net, mode, batch, ' | '.join(fmt(results[l]) for l in labels), ratio,
                 '%.1f' % fast['gflops'] if 'gflops' in fast else '-',
                 '%.0f' % fast['peak_mb'] if 'peak_mb' in fast else '-'), flush=True)
-    note = ('PyTorch: not measured (no PyTorch port ships with this project)'
-            + ('' if have_torch else '; torch is not installed here'))
-    print('\n' + note)
-    write_json(args.out, dict(rows=rows, notes=[note]))
+    notes = ['PyTorch eager: the same graph and parameter values run by '
+             'vargfacenet.symbol.torch_port (torch %s, %d threads)' % torch_info()
+             if have_torch else 'PyTorch eager: not measured (pip install torch==2.13.0)']
+    if not have_ort:
+        notes.append('ONNX Runtime: not measured (pip install onnxruntime)')
+    print('\n' + '\n'.join(notes))
+    write_json(args.out, dict(rows=rows, notes=notes))
+
+
+def torch_info():
+    out = subprocess.run([sys.executable, '-c', 'import torch; print(torch.__version__, '
+                          'torch.get_num_threads())'], capture_output=True, text=True)
+    version, threads = out.stdout.split()
+    return version, int(threads)
 
 
 if __name__ == '__main__':
