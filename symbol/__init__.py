@@ -6,15 +6,12 @@ Every network outputs ``fc1_output`` for ``data`` of shape (N, 3, 112, 112), raw
 >>> from vargfacenet.symbol import get_symbol, list_networks
 >>> sym = get_symbol('vargfacenet', variant='insightface')
 """
-import os
+# MXNet reads some settings only when it loads (its OpenMP thread count, a oneDNN fusion that
+# crashes these networks): they are made here, before the first `import mxnet` (every vargfacenet
+# package imports this one first). See mxnet_setup.py.
+from vargfacenet.symbol import mxnet_setup
 
-# MXNet 1.9.1's oneDNN subgraph pass fuses FullyConnected (pre_fc1) into an oneDNN op whose
-# output keeps an oneDNN memory layout; the next BatchNorm (fc1) sees 2-D data, falls back to the
-# native kernel and fails on the second forward pass with "We can't generate TBlob for MKLDNN
-# data" (MobileFaceNet at every batch size, VarGFaceNet at batch 1). Turning off only the FC
-# fusion avoids it; convolutions stay fused. MXNet reads this when the library loads, so it must
-# be set before the first `import mxnet` (every vargfacenet package imports this one first).
-os.environ.setdefault('MXNET_DISABLE_MKLDNN_FC_OPT', '1')
+mxnet_setup.apply()
 
 import inspect  # noqa: E402
 
