@@ -109,3 +109,24 @@ def test_lr_schedule_warmup_then_steps_and_cosine():
     assert cos(1) == pytest.approx(0.1, rel=1e-3)
     assert cos(50) == pytest.approx(0.05, rel=3e-2)
     assert cos(100) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lr_schedule_works_beside_pytorch_2():
+    # gluoncv 0.11 refuses to import when torch >= 2.0 is importable (the 'bench' extra installs
+    # one); a stand-in torch 2 module reproduces that in a fresh interpreter
+    import subprocess
+    import sys
+    fake_torch = ('import sys, types; torch = types.ModuleType("torch"); '
+                  'torch.__version__ = "2.13.0"; sys.modules["torch"] = torch\n')
+    plain = subprocess.run([sys.executable, '-c', fake_torch + 'import gluoncv'],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode != 0 and 'Legacy torch==2.13.0' in plain.stderr
+    ours = subprocess.run([sys.executable, '-c', fake_torch + '''
+from vargfacenet.train.loop import make_lr_scheduler
+sched = make_lr_scheduler(dict(mode='step', max_steps=10, steps=[5], factor=0.1, warmup_steps=0,
+                               warmup_lr=0.0, target_lr=0.0), 0.1)
+assert sys.modules['torch'].__version__ == '2.13.0'   # the user's torch is left in place
+print(round(sched(2), 6), round(sched(8), 6))
+'''], capture_output=True, text=True, timeout=300)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert ours.stdout.split() == ['0.1', '0.01']

@@ -39,12 +39,36 @@ def parse_contexts(spec):
     return contexts
 
 
+def _gluoncv_utils():
+    """``gluoncv.utils``, importable beside PyTorch >= 2.0.
+
+    gluoncv 0.11's ``__init__`` raises RuntimeError ("Legacy torch==2.x detected") whenever a
+    torch >= 2.0 is importable (dmlc/gluon-cv#1768, closed unfixed), e.g. after
+    ``pip install -e ".[bench]"``. Only its PyTorch half looks at torch, so gluoncv is imported
+    with torch hidden (``import torch`` raises ImportError, which gluoncv treats as "no
+    PyTorch") and the MXNet half, the one used here, loads normally.
+    """
+    if 'gluoncv.utils' not in sys.modules:
+        missing = object()
+        torch = sys.modules.get('torch', missing)
+        sys.modules['torch'] = None
+        try:
+            import gluoncv.utils  # noqa: F401
+        finally:
+            if torch is missing:
+                del sys.modules['torch']
+            else:
+                sys.modules['torch'] = torch
+    return sys.modules['gluoncv.utils']
+
+
 def make_lr_scheduler(schedule, base_lr):
     """gluoncv warm-up + step/cosine schedule over ``schedule.max_steps`` updates.
 
     Step boundaries are absolute update counts, as in insightface (x0.1 at 100k, 160k, 220k).
     """
-    from gluoncv.utils import LRScheduler, LRSequential
+    utils = _gluoncv_utils()
+    LRScheduler, LRSequential = utils.LRScheduler, utils.LRSequential
     warmup = int(schedule['warmup_steps'])
     total = int(schedule['max_steps'])
     parts = []
