@@ -5,7 +5,11 @@ and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, fo
 MobileFaceNet, and writes ``bench/results/speed.json``. Columns (images/s, median of the timed
 repetitions after warm-up steps):
 
-* ``faithful, oneDNN`` - the reference graph as MXNet runs it by default;
+* ``MXNet as installed`` - the reference graph with MXNet's own defaults: oneDNN on and
+  ``omp_get_num_procs() / 2`` OpenMP threads on x86 (one of two cores on a machine without
+  hyper-threads, see :mod:`vargfacenet.symbol.mxnet_setup`);
+* ``faithful, oneDNN`` - the reference graph with one OpenMP thread per physical core (what
+  importing ``vargfacenet.symbol`` sets; every column below uses it too);
 * ``faithful, native`` - the same with ``MXNET_MKLDNN_ENABLED=0``;
 * ``graph, native`` - the standard-operator PReLU rewrite with native kernels;
 * ``fused, oneDNN`` - the fused C++ operators beside oneDNN convolutions (what training and
@@ -13,10 +17,11 @@ repetitions after warm-up steps):
 * ``ONNX Runtime`` - the exported model (``symbol/onnx_export.py``) on ONNX Runtime's CPU
   provider, inference only (skipped with a note when onnxruntime is absent);
 * ``PyTorch eager`` - the same graph and parameter values run by
-  :mod:`vargfacenet.symbol.torch_port` (an optional extra, ``pip install torch==2.13.0``;
-  skipped with a note when absent), same ArcFace training step.
+  :mod:`vargfacenet.symbol.torch_port` (an optional extra, ``pip install -e ".[bench]"``;
+  skipped with a note when absent), same ArcFace training step; the faster of the NCHW and
+  channels_last memory layouts (channels_last is much faster for the grouped convolutions).
 
-plus the fused path's achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident
+plus ``fused/installed`` and ``fused/faithful`` (same threads) ratios, the fused path's achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident
 memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
 it loads; peak memory is that process's ``ru_maxrss``).
 """
@@ -24,6 +29,7 @@ import argparse
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -39,7 +45,7 @@ emb = get_symbol(net)
 per_image = flops.count(emb)['flops']
 shape = (batch, 3, 112, 112)
 rng = np.random.RandomState(0)
-if kernels == 'torch':
+if kernels.startswith('torch'):
     import torch
     import torch.nn.functional as F
     from vargfacenet.symbol.torch_port import to_torch
@@ -49,6 +55,10 @@ if kernels == 'torch':
     mod.init_params(mx.init.Xavier(magnitude=2))
     model = to_torch(emb, *mod.get_params())
     images = torch.from_numpy(rng.uniform(0, 255, shape).astype(np.float32))
+    if kernels == 'torch-channels-last':
+        # NHWC lets oneDNN run PyTorch's grouped convolutions without reordering every tensor
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
     if mode == 'infer':
         model.eval()
         def step():
@@ -123,15 +133,27 @@ print(json.dumps(dict(images_per_s=batch / median, gflops=batch * work / median 
                       peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 '''
 
-# (column label, kernels, oneDNN)
-CONFIGS = [('faithful, oneDNN', 'faithful', True), ('faithful, native', 'faithful', False),
-           ('graph, native', 'graph', False), ('fused, oneDNN', 'fused', True)]
-BASELINE, FAST = 'faithful, oneDNN', 'fused, oneDNN'
+# (column label, kernels, oneDNN, MXNet's own thread count)
+CONFIGS = [('MXNet as installed', 'faithful', True, True),
+           ('faithful, oneDNN', 'faithful', True, False),
+           ('faithful, native', 'faithful', False, False),
+           ('graph, native', 'graph', False, False), ('fused, oneDNN', 'fused', True, False)]
+INSTALLED, BASELINE, FAST = 'MXNet as installed', 'faithful, oneDNN', 'fused, oneDNN'
 
 
-def run(net, mode, batch, kernels, onednn, repeats):
+def mxnet_default_threads():
+    """The OpenMP thread count MXNet 1.9.1 picks when OMP_NUM_THREADS is unset
+    (src/engine/openmp.cc: the number of processors, halved on x86)."""
+    procs = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    x86 = platform.machine().lower() in ('x86_64', 'amd64', 'i386', 'i686')
+    return max(1, procs // 2) if x86 else procs
+
+
+def run(net, mode, batch, kernels, onednn, repeats, mxnet_threads=False):
     env = dict(os.environ, MXNET_MKLDNN_ENABLED='1' if onednn else '0',
                MXNET_STORAGE_FALLBACK_LOG_VERBOSE='0')
+    if mxnet_threads:
+        env['OMP_NUM_THREADS'] = str(mxnet_default_threads())
     out = subprocess.run([sys.executable, '-c', CHILD, net, mode, str(batch), kernels,
                           str(repeats)], capture_output=True, text=True, env=env, timeout=1800)
     lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
@@ -153,37 +175,53 @@ def main(argv=None):
     have_torch = importlib.util.find_spec('torch') is not None
     labels = [c[0] for c in CONFIGS] + ['ONNX Runtime', 'PyTorch eager']
     print('| network | mode | batch | ' + ' | '.join(labels) +
-          ' | fused/faithful | fused GFLOP/s | fused peak MB |')
-    print('|' + '---|' * (len(labels) + 6))
+          ' | fused/installed | fused/faithful | fused GFLOP/s | fused peak MB |')
+    print('|' + '---|' * (len(labels) + 7))
     rows = []
     fmt = lambda r: '%.1f' % r['images_per_s'] if 'images_per_s' in r else (  # noqa: E731
         r.get('error', '-')[:40])
     for net in args.networks.split(','):
         for mode, batch in (('infer', 1), ('infer', 32), ('train', 8), ('train', 32)):
-            results = {label: run(net, mode, batch, kernels, onednn, args.repeats)
-                       for label, kernels, onednn in CONFIGS}
+            results = {label: run(net, mode, batch, kernels, onednn, args.repeats, own_threads)
+                       for label, kernels, onednn, own_threads in CONFIGS}
             if mode == 'infer' and have_ort:
                 results['ONNX Runtime'] = run(net, mode, batch, 'ort', True, args.repeats)
             else:
                 results['ONNX Runtime'] = dict(error='-' if have_ort else 'not installed')
-            results['PyTorch eager'] = (run(net, mode, batch, 'torch', True, args.repeats)
+            results['PyTorch eager'] = (best_torch(net, mode, batch, args.repeats)
                                         if have_torch else dict(error='not installed'))
-            base, fast = results[BASELINE], results[FAST]
-            ratio = (fast['images_per_s'] / base['images_per_s']
-                     if 'images_per_s' in fast and 'images_per_s' in base else float('nan'))
+            fast = results[FAST]
+            ratios = [fast['images_per_s'] / results[base]['images_per_s']
+                      if 'images_per_s' in fast and 'images_per_s' in results[base]
+                      else float('nan') for base in (INSTALLED, BASELINE)]
             rows.append(dict(network=net, mode=mode, batch=batch, results=results,
-                             fused_over_faithful=ratio))
-            print('| %s | %s | %d | %s | %.2f | %s | %s |' % (
-                net, mode, batch, ' | '.join(fmt(results[l]) for l in labels), ratio,
+                             fused_over_installed=ratios[0], fused_over_faithful=ratios[1]))
+            print('| %s | %s | %d | %s | %.2f | %.2f | %s | %s |' % (
+                net, mode, batch, ' | '.join(fmt(results[l]) for l in labels), *ratios,
                 '%.1f' % fast['gflops'] if 'gflops' in fast else '-',
                 '%.0f' % fast['peak_mb'] if 'peak_mb' in fast else '-'), flush=True)
-    notes = ['PyTorch eager: the same graph and parameter values run by '
-             'vargfacenet.symbol.torch_port (torch %s, %d threads)' % torch_info()
-             if have_torch else 'PyTorch eager: not measured (pip install torch==2.13.0)']
+    notes = ['OpenMP threads: %d for "MXNet as installed" (MXNet\'s default), %s for the other '
+             'columns (one per physical core)' % (mxnet_default_threads(),
+                                                  os.environ.get('OMP_NUM_THREADS'))]
+    notes += ['PyTorch eager: the same graph and parameter values run by '
+             'vargfacenet.symbol.torch_port (torch %s, %d threads), the faster of NCHW and '
+             'channels_last memory layouts in each cell' % torch_info()
+             if have_torch else 'PyTorch eager: not measured (pip install -e ".[bench]")']
     if not have_ort:
         notes.append('ONNX Runtime: not measured (pip install onnxruntime)')
     print('\n' + '\n'.join(notes))
     write_json(args.out, dict(rows=rows, notes=notes))
+
+
+def best_torch(net, mode, batch, repeats):
+    """PyTorch eager at its best: the faster of NCHW and channels_last (both kept)."""
+    layouts = {layout: run(net, mode, batch, kernels, True, repeats)
+               for layout, kernels in (('nchw', 'torch'), ('channels_last', 'torch-channels-last'))}
+    timed = [k for k in layouts if 'images_per_s' in layouts[k]]
+    if not timed:
+        return layouts['nchw']
+    best = max(timed, key=lambda k: layouts[k]['images_per_s'])
+    return dict(layouts[best], layout=best, layouts=layouts)
 
 
 def torch_info():

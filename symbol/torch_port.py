@@ -64,78 +64,81 @@ def to_torch(sym, arg_params, aux_params):
 
         def forward(self, data):
             out = {}
-            for i, node in enumerate(nodes):
-                op, attrs = node['op'], node.get('attrs', {})
-                if op == 'null':
-                    out[i] = data if node['name'] == 'data' else self._value(node['name'])
-                    continue
-                args = [out[j] for j, _, _ in node['inputs']]
-                out[i] = self._apply(op, attrs, args)
+            for i, inputs, fn in steps:
+                if fn is None:
+                    out[i] = data if nodes[i]['name'] == 'data' else self._value(nodes[i]['name'])
+                else:
+                    out[i] = fn(self.training, *[out[j] for j in inputs])
             return out[heads[0][0]]
 
-        def _apply(self, op, attrs, args):
-            if op == 'Convolution':
-                kernel = _ints(attrs['kernel'])
-                stride = _ints(attrs.get('stride', '(1, 1)')) or (1,) * len(kernel)
-                pad = _ints(attrs.get('pad', '(0, 0)')) or (0,) * len(kernel)
-                dilate = _ints(attrs.get('dilate', '(1, 1)')) or (1,) * len(kernel)
-                bias = None if _flag(attrs.get('no_bias')) else args[2]
-                return F.conv2d(args[0], args[1], bias, stride, pad, dilate,
-                                int(attrs.get('num_group', 1)))
-            if op == 'BatchNorm':
-                x, gamma, beta, mean, var = args
-                if _flag(attrs.get('fix_gamma'), True):
-                    gamma = torch.ones_like(beta)
-                return F.batch_norm(x, mean, var, gamma, beta,
-                                    training=self.training and
-                                    not _flag(attrs.get('use_global_stats')),
-                                    momentum=1 - float(attrs.get('momentum', 0.9)),
-                                    eps=float(attrs.get('eps', 1e-3)))
-            if op == 'LeakyReLU':
-                act = attrs.get('act_type', 'leaky')
-                if act == 'prelu':
-                    return F.prelu(args[0], args[1])
-                if act == 'leaky':
-                    return F.leaky_relu(args[0], float(attrs.get('slope', 0.25)))
-                raise ValueError('to_torch: LeakyReLU act_type %r' % act)
-            if op == 'Activation':
-                act = attrs['act_type']
-                fn = {'relu': F.relu, 'sigmoid': torch.sigmoid, 'tanh': torch.tanh,
-                      'softrelu': F.softplus}.get(act)
-                if fn is None:
-                    raise ValueError('to_torch: Activation act_type %r' % act)
-                return fn(args[0])
-            if op == 'Pooling':
-                pool = attrs.get('pool_type', 'max')
-                if _flag(attrs.get('global_pool')):
-                    x = args[0]
-                    return x.mean((2, 3), keepdim=True) if pool == 'avg' else \
-                        x.amax((2, 3), keepdim=True)
-                kernel = _ints(attrs['kernel'])
-                stride = _ints(attrs.get('stride', '(1, 1)')) or (1, 1)
-                pad = _ints(attrs.get('pad', '(0, 0)')) or (0, 0)
-                fn = F.avg_pool2d if pool == 'avg' else F.max_pool2d
-                return fn(args[0], kernel, stride, pad)
-            if op in ('elemwise_add', '_Plus'):
-                return args[0] + args[1]
-            if op == 'broadcast_mul':
-                return args[0] * args[1]
-            if op == '_copy':
-                return args[0]
-            if op == '_minus_scalar':
-                return args[0] - float(attrs['scalar'])
-            if op == '_mul_scalar':
-                return args[0] * float(attrs['scalar'])
-            if op == 'FullyConnected':
-                x = args[0]
-                if _flag(attrs.get('flatten'), True):
-                    x = x.reshape(x.shape[0], -1)
-                bias = None if _flag(attrs.get('no_bias')) else args[2]
-                return F.linear(x, args[1], bias)
-            if op == 'Flatten':
-                return args[0].reshape(args[0].shape[0], -1)
-            if op == 'Dropout':
-                return F.dropout(args[0], float(attrs.get('p', 0.5)), self.training)
-            raise ValueError(op)
+    def compile_node(op, attrs):
+        """The node's computation as fn(training, *inputs), its attributes parsed once."""
+        if op == 'Convolution':
+            kernel = _ints(attrs['kernel'])
+            stride = _ints(attrs.get('stride', '(1, 1)')) or (1,) * len(kernel)
+            pad = _ints(attrs.get('pad', '(0, 0)')) or (0,) * len(kernel)
+            dilate = _ints(attrs.get('dilate', '(1, 1)')) or (1,) * len(kernel)
+            groups, no_bias = int(attrs.get('num_group', 1)), _flag(attrs.get('no_bias'))
+            return lambda training, x, w, b=None: F.conv2d(
+                x, w, None if no_bias else b, stride, pad, dilate, groups)
+        if op == 'BatchNorm':
+            fix_gamma = _flag(attrs.get('fix_gamma'), True)
+            global_stats = _flag(attrs.get('use_global_stats'))
+            momentum, eps = 1 - float(attrs.get('momentum', 0.9)), float(attrs.get('eps', 1e-3))
 
+            def batch_norm(training, x, gamma, beta, mean, var):
+                return F.batch_norm(x, mean, var, torch.ones_like(beta) if fix_gamma else gamma,
+                                    beta, training=training and not global_stats,
+                                    momentum=momentum, eps=eps)
+            return batch_norm
+        if op == 'LeakyReLU':
+            act = attrs.get('act_type', 'leaky')
+            if act == 'prelu':
+                return lambda training, x, slope: F.prelu(x, slope)
+            if act == 'leaky':
+                slope = float(attrs.get('slope', 0.25))
+                return lambda training, x: F.leaky_relu(x, slope)
+            raise ValueError('to_torch: LeakyReLU act_type %r' % act)
+        if op == 'Activation':
+            fn = {'relu': F.relu, 'sigmoid': torch.sigmoid, 'tanh': torch.tanh,
+                  'softrelu': F.softplus}.get(attrs['act_type'])
+            if fn is None:
+                raise ValueError('to_torch: Activation act_type %r' % attrs['act_type'])
+            return lambda training, x: fn(x)
+        if op == 'Pooling':
+            avg = attrs.get('pool_type', 'max') == 'avg'
+            if _flag(attrs.get('global_pool')):
+                return (lambda training, x: x.mean((2, 3), keepdim=True)) if avg else \
+                    (lambda training, x: x.amax((2, 3), keepdim=True))
+            kernel = _ints(attrs['kernel'])
+            stride = _ints(attrs.get('stride', '(1, 1)')) or (1, 1)
+            pad = _ints(attrs.get('pad', '(0, 0)')) or (0, 0)
+            pool = F.avg_pool2d if avg else F.max_pool2d
+            return lambda training, x: pool(x, kernel, stride, pad)
+        if op in ('elemwise_add', '_Plus'):
+            return lambda training, a, b: a + b
+        if op == 'broadcast_mul':
+            return lambda training, a, b: a * b
+        if op == '_copy':
+            return lambda training, x: x
+        if op == '_minus_scalar':
+            scalar = float(attrs['scalar'])
+            return lambda training, x: x - scalar
+        if op == '_mul_scalar':
+            scalar = float(attrs['scalar'])
+            return lambda training, x: x * scalar
+        if op == 'FullyConnected':
+            flatten, no_bias = _flag(attrs.get('flatten'), True), _flag(attrs.get('no_bias'))
+            return lambda training, x, w, b=None: F.linear(
+                x.reshape(x.shape[0], -1) if flatten else x, w, None if no_bias else b)
+        if op == 'Flatten':
+            return lambda training, x: x.reshape(x.shape[0], -1)
+        if op == 'Dropout':
+            p = float(attrs.get('p', 0.5))
+            return lambda training, x: F.dropout(x, p, training)
+        raise ValueError(op)
+
+    steps = [(i, [j for j, _, _ in node['inputs']],
+              None if node['op'] == 'null' else compile_node(node['op'], node.get('attrs', {})))
+             for i, node in enumerate(nodes)]
     return _Graph()
