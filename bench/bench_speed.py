@@ -21,8 +21,8 @@ repetitions after warm-up steps):
   skipped with a note when absent), same ArcFace training step; the faster of the NCHW and
   channels_last memory layouts (channels_last is much faster for the grouped convolutions).
 
-plus ``fused/installed`` and ``fused/faithful`` (same threads) ratios, the fused path's achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident
-memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
+plus ``fused/installed`` and ``fused/faithful`` (same threads) ratios, the fused path's
+achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
 it loads; peak memory is that process's ``ru_maxrss``).
 """
 import argparse
@@ -201,7 +201,7 @@ def main(argv=None):
                 '%.1f' % fast['gflops'] if 'gflops' in fast else '-',
                 '%.0f' % fast['peak_mb'] if 'peak_mb' in fast else '-'), flush=True)
     notes = ['OpenMP threads: %d for "MXNet as installed" (MXNet\'s default), %s for the other '
-             'columns (one per physical core)' % (mxnet_default_threads(),
+             'columns' % (mxnet_default_threads(),
                                                   os.environ.get('OMP_NUM_THREADS'))]
     notes += ['PyTorch eager: the same graph and parameter values run by '
              'vargfacenet.symbol.torch_port (torch %s, %d threads), the faster of NCHW and '
