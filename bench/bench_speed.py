@@ -22,8 +22,9 @@ repetitions after warm-up steps):
   channels_last memory layouts (channels_last is much faster for the grouped convolutions).
 
 plus ``fused/installed`` and ``fused/faithful`` (same threads) ratios, the fused path's
-achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident memory. Every configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` when
-it loads; peak memory is that process's ``ru_maxrss``).
+achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident memory. Every
+configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` and
+``OMP_NUM_THREADS`` when it loads; peak memory is that process's ``ru_maxrss``).
 """
 import argparse
 import importlib.util
