@@ -9,7 +9,7 @@ exported is never overridden.
     ``omp_get_num_procs() / 2`` OpenMP threads on x86 (``src/engine/openmp.cc``): it assumes every
     core runs two hyper-threads. On a machine without them (cloud VMs with one thread per vCPU,
     such as the 2-vCPU machines this project is developed on) MXNet runs on half the cores: one
-    of two here, 1.6-1.8x slower than it could be (docs/speed.md). One thread per physical core
+    of two here, 1.6-1.9x slower than it could be (docs/speed.md). One thread per physical core
     is what MXNet intends on hyper-threaded machines and what it gets wrong elsewhere.
     (``MXSetNumOMPThreads`` after import does not reach the engine's worker threads, and
     ``MXNET_OMP_MAX_THREADS`` does not reach oneDNN, so the environment variable is the switch.)
