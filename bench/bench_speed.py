@@ -1,9 +1,9 @@
 """Speed of the faithful graph vs the fast paths, oneDNN on and off, and ONNX Runtime.
 
-``python bench/bench_speed.py [--repeats 5]`` prints one markdown table for inference at batch 1
-and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, for VarGFaceNet and
-MobileFaceNet, and writes ``bench/results/speed.json``. Columns (images/s, median of the timed
-repetitions after warm-up steps):
+``python bench/bench_speed.py [--repeats 5]`` prints one markdown table for inference at batch
+1, 16 and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, for
+VarGFaceNet and MobileFaceNet, and writes ``bench/results/speed.json``. Columns (images/s,
+median of the timed repetitions after warm-up steps):
 
 * ``MXNet as installed`` - the reference graph with MXNet's own defaults: oneDNN on and
   ``omp_get_num_procs() / 2`` OpenMP threads on x86 (one of two cores on a machine without
@@ -13,7 +13,8 @@ repetitions after warm-up steps):
 * ``faithful, native`` - the same with ``MXNET_MKLDNN_ENABLED=0``;
 * ``graph, native`` - the standard-operator PReLU rewrite with native kernels;
 * ``fused, oneDNN`` - the fused C++ operators beside oneDNN convolutions (what training and
-  evaluation use by default);
+  evaluation use by default; inference batches above 16 run as tiles of 16 images,
+  :func:`vargfacenet.symbol.fastpath.tile_batch`);
 * ``ONNX Runtime`` - the exported model (``symbol/onnx_export.py``) on ONNX Runtime's CPU
   provider, inference only (skipped with a note when onnxruntime is absent);
 * ``PyTorch eager`` - the same graph and parameter values run by
@@ -98,7 +99,9 @@ elif kernels == 'ort':
         session.run(None, {'data': images})
     work = per_image
 elif mode == 'infer':
-    sym = emb if kernels == 'faithful' else fastpath.optimize(emb, 'inference', data_shape=shape, kernels=kernels)
+    # the fast paths as the Embedder and the frozen teacher run them (tiles of 16 above batch 16)
+    sym = emb if kernels == 'faithful' else fastpath.inference_graph(emb, mx.cpu(), batch,
+                                                                     kernels=kernels)
     mod = mx.mod.Module(sym, label_names=None)
     mod.bind(data_shapes=[('data', shape)], for_training=False)
     mod.init_params(mx.init.Xavier(magnitude=2))
@@ -168,6 +171,11 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5, help='timed repetitions (median)')
     parser.add_argument('--networks', default='vargfacenet,mobilefacenet',
                         help='comma-separated registered networks')
+    parser.add_argument('--infer-batches', default='1,16,32',
+                        help='comma-separated inference batch sizes (16: the largest batch the '
+                             'fast path runs untiled, i.e. every engine on the same batch)')
+    parser.add_argument('--train-batches', default='8,32',
+                        help='comma-separated training batch sizes')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'speed.json'),
                         help='JSON output')
@@ -182,7 +190,9 @@ def main(argv=None):
     fmt = lambda r: '%.1f' % r['images_per_s'] if 'images_per_s' in r else (  # noqa: E731
         r.get('error', '-')[:40])
     for net in args.networks.split(','):
-        for mode, batch in (('infer', 1), ('infer', 32), ('train', 8), ('train', 32)):
+        cells = [('infer', int(b)) for b in args.infer_batches.split(',')] + \
+            [('train', int(b)) for b in args.train_batches.split(',')]
+        for mode, batch in cells:
             results = {label: run(net, mode, batch, kernels, onednn, args.repeats, own_threads)
                        for label, kernels, onednn, own_threads in CONFIGS}
             if mode == 'infer' and have_ort:

@@ -1,4 +1,4 @@
-"""Fused CPU operators (BatchNorm+PReLU, PReLU) as an MXNet external operator library.
+"""Fused CPU operators (BatchNorm+PReLU, PReLU, residual sum+PReLU) as an MXNet operator library.
 
 The C++ source is ``symbol/csrc/vfn_ops.cc`` (why it exists and its exact mathematics are at the
 top of that file). It is compiled against ``lib_api.h``, which ships inside the mxnet wheel, with
@@ -31,12 +31,14 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ['load', 'build', 'available', 'OpsBuildError', 'OP_BN_ACT', 'OP_PRELU', 'OP_CHANNEL_SCALE']
+__all__ = ['load', 'build', 'available', 'OpsBuildError', 'OP_BN_ACT', 'OP_PRELU',
+           'OP_CHANNEL_SCALE', 'OP_ADD_PRELU']
 
 LOGGER = logging.getLogger(__name__)
 OP_BN_ACT = 'vfn_bn_act'
 OP_PRELU = 'vfn_prelu'
 OP_CHANNEL_SCALE = 'vfn_channel_scale'
+OP_ADD_PRELU = 'vfn_add_prelu'
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'csrc', 'vfn_ops.cc')
 # -march=native: without AVX the per-element selects of PReLU do not vectorise and the kernels
 # run 3-4x slower (measured here: BatchNorm+PReLU backward 3.9 ms -> 1.1 ms at (8, 40, 56, 56)).

@@ -160,8 +160,8 @@ def test_rewrite_is_a_no_op_for_gpu_and_relu_graphs():
 
 @pytest.mark.parametrize('kernels', KERNELS)
 def test_fast_inference_repeats_at_batch_1_and_32(kernels):
-    sym = fastpath.optimize(get_symbol('vargfacenet'), mode='inference', kernels=kernels)
-    for batch in (1, 32):
+    for batch in (1, 32):    # (batch 32 runs as two tiles of 16)
+        sym = fastpath.inference_graph(get_symbol('vargfacenet'), mx.cpu(), batch, kernels=kernels)
         mod = mx.mod.Module(sym, label_names=None)
         mod.bind(data_shapes=[('data', (batch, 3, 112, 112))], for_training=False)
         mx.random.seed(1)
@@ -263,6 +263,111 @@ def test_fused_prelu_and_channel_scale_match_numpy():
     np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), dy * k, rtol=1e-6)
     np.testing.assert_allclose(exe.grad_dict['k'].asnumpy(),
                                (dy * x).sum((2, 3), keepdims=True), rtol=1e-5)
+
+
+@needs_fused
+@pytest.mark.parametrize('scaled', [False, True])
+def test_fused_residual_prelu_matches_float64(scaled):
+    rng = np.random.RandomState(5)
+    shape = (3, 5, 4, 6)
+    x, other, dy = rng.randn(*shape), rng.randn(*shape), rng.randn(*shape)
+    k, slope = rng.uniform(0.1, 1, (3, 5, 1, 1)), rng.uniform(0.05, 0.5, 5)
+    names = ['x'] + (['k'] if scaled else []) + ['other', 'a']
+    sym = getattr(mx.sym, fastops.OP_ADD_PRELU)(
+        *[mx.sym.var(n, shape=(5,) if n == 'a' else None) for n in names], scaled=int(scaled))
+    exe = sym.simple_bind(mx.cpu(), x=shape, other=shape, **({'k': k.shape} if scaled else {}))
+    for n, v in dict(x=x, k=k, other=other, a=slope).items():
+        if n in exe.arg_dict:
+            exe.arg_dict[n][:] = v
+    # float64 oracle: z = x * k + other, y = prelu(z)
+    f = k if scaled else 1.0
+    a = slope.reshape(1, -1, 1, 1)
+    z = x * f + other
+    np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(), np.where(z > 0, z, a * z),
+                               rtol=1e-5, atol=1e-6)
+    exe.backward(mx.nd.array(dy))
+    dz = np.where(z > 0, dy, a * dy)
+    expected = dict(x=dz * f, other=dz, a=np.where(z > 0, 0, z * dy).sum((0, 2, 3)))
+    if scaled:
+        expected['k'] = (dz * x).sum((2, 3), keepdims=True)
+    assert sorted(exe.grad_dict) == sorted(expected)
+    for n, ref in expected.items():
+        np.testing.assert_allclose(exe.grad_dict[n].asnumpy(), ref, rtol=1e-5, atol=1e-5,
+                                   err_msg=n)
+
+
+@needs_fused
+def test_residual_sums_fused_where_onednn_cannot_fold_them():
+    sym = get_symbol('vargfacenet')
+    nodes = json.loads(sym.tojson())['nodes']
+    se_blocks = sum(1 for n in nodes if n['op'] == 'broadcast_mul')
+    sums_before_prelu = sum(1 for n in nodes if fastpath._is_prelu(n)
+                            and nodes[n['inputs'][0][0]]['op'] == 'elemwise_add')
+    assert se_blocks > 0 and sums_before_prelu > se_blocks
+
+    def ops(graph):
+        return json.loads(graph.tojson())['nodes']
+    infer = ops(fastpath.optimize(sym, mode='inference', kernels='fused'))
+    fused = [n for n in infer if n['op'] == fastops.OP_ADD_PRELU]
+    # inference: every SE product is fused with its sum and PReLU; sums of two convolution
+    # branches stay (oneDNN folds them into the convolution)
+    assert len(fused) == se_blocks and all(n['attrs']['scaled'] == '1' for n in fused)
+    assert not any(n['op'] in ('broadcast_mul', fastops.OP_CHANNEL_SCALE) for n in infer)
+    for n in infer:
+        if n['op'] == 'elemwise_add':
+            assert {infer[j]['op'] for j, _, _ in n['inputs']} & {'BatchNorm', 'Convolution'}
+    train = ops(fastpath.optimize(sym, mode='train', kernels='fused'))
+    assert sum(1 for n in train if n['op'] == fastops.OP_ADD_PRELU) == sums_before_prelu
+
+
+@pytest.mark.parametrize('kernels', KERNELS)
+def test_tiled_inference_equals_untiled(kernels):
+    sym = get_symbol('vargfacenet')
+    rng = np.random.RandomState(6)
+    params = training_params(sym, rng)
+    aux = {n: params.pop(n) for n in sym.list_auxiliary_states()}
+    data = rng.uniform(0, 255, (5, 3, 112, 112))
+    untiled = fastpath.inference_graph(sym, mx.cpu(), 5, kernels=kernels, tile=None)
+    tiled = fastpath.inference_graph(sym, mx.cpu(), 5, kernels=kernels, tile=2)
+    nodes = json.loads(tiled.tojson())['nodes']
+    slices = [n for n in nodes if n['op'] == 'slice_axis']
+    assert [(n['attrs']['begin'], n['attrs']['end']) for n in slices] == \
+        [('0', '2'), ('2', '4'), ('4', '5')]
+    assert tiled.list_arguments() == sym.list_arguments()
+    assert tiled.list_auxiliary_states() == sym.list_auxiliary_states()
+    assert tiled.list_outputs() == sym.list_outputs()
+
+    def embed(s):
+        mod = mx.mod.Module(s, label_names=None)
+        mod.bind(data_shapes=[('data', data.shape)], for_training=False)
+        mod.set_params({n: mx.nd.array(v) for n, v in params.items()},
+                       {n: mx.nd.array(v) for n, v in aux.items()})
+        mod.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
+        return mod.get_outputs()[0].asnumpy()
+    out_tiled, out_untiled, out_faithful = embed(tiled), embed(untiled), embed(sym)
+    # each image's embedding from its own tile: the same as from the whole batch, and per image
+    np.testing.assert_allclose(out_tiled, out_untiled, rtol=1e-4,
+                               atol=1e-4 * np.abs(out_untiled).max())
+    cosine = np.sum(out_tiled * out_faithful, 1) / np.linalg.norm(out_tiled, axis=1) / \
+        np.linalg.norm(out_faithful, axis=1)
+    assert cosine.min() >= 0.99999
+
+
+def test_tiling_leaves_batch_mixing_graphs_and_small_batches_alone():
+    data = mx.sym.var('data')
+    centred = mx.sym.broadcast_sub(data, mx.sym.mean(data, axis=0, keepdims=True))
+    assert fastpath.tile_batch(centred, (32, 3, 112, 112), tile=16) is centred
+    per_image = mx.sym.relu(data)
+    assert fastpath.tile_batch(per_image, (16, 3, 112, 112), tile=16) is per_image
+    tiled = fastpath.tile_batch(per_image, (33, 3, 4, 4), tile=16)
+    assert tiled is not per_image and tiled.list_outputs() == per_image.list_outputs()
+    x = np.random.RandomState(7).randn(33, 3, 4, 4)
+    out = tiled.bind(mx.cpu(), {'data': mx.nd.array(x)}).forward()[0].asnumpy()
+    np.testing.assert_array_equal(out, np.maximum(x, 0).astype(np.float32))
+    with pytest.raises(ValueError, match='tile'):
+        fastpath.tile_batch(per_image, (32, 3, 4, 4), tile=0)
+    with pytest.raises(ValueError, match="no input named 'images'"):
+        fastpath.tile_batch(per_image, (32, 3, 4, 4), input_name='images')
 
 
 def gradients(sym, params, data, head, dtype):
