@@ -3,7 +3,8 @@
 ``python bench/bench_speed.py [--repeats 5]`` prints one markdown table for inference at batch
 1, 16 and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, for
 VarGFaceNet and MobileFaceNet, and writes ``bench/results/speed.json``. Columns (images/s,
-median of the timed repetitions after warm-up steps):
+median of the timed repetitions after warm-up steps; with ``--rounds N`` every cell is measured
+N times, columns interleaved, and the median round is reported):
 
 * ``MXNet as installed`` - the reference graph with MXNet's own defaults: oneDNN on and
   ``omp_get_num_procs() / 2`` OpenMP threads on x86 (one of two cores on a machine without
@@ -171,11 +172,14 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=5, help='timed repetitions (median)')
     parser.add_argument('--networks', default='vargfacenet,mobilefacenet',
                         help='comma-separated registered networks')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='measure every cell this many times, columns interleaved, and '
+                             'report the median round (noisy shared machines)')
     parser.add_argument('--infer-batches', default='1,16,32',
                         help='comma-separated inference batch sizes (16: the largest batch the '
                              'fast path runs untiled, i.e. every engine on the same batch)')
     parser.add_argument('--train-batches', default='8,32',
-                        help='comma-separated training batch sizes')
+                        help='comma-separated training batch sizes (empty: none)')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'speed.json'),
                         help='JSON output')
@@ -190,17 +194,21 @@ def main(argv=None):
     fmt = lambda r: '%.1f' % r['images_per_s'] if 'images_per_s' in r else (  # noqa: E731
         r.get('error', '-')[:40])
     for net in args.networks.split(','):
-        cells = [('infer', int(b)) for b in args.infer_batches.split(',')] + \
-            [('train', int(b)) for b in args.train_batches.split(',')]
+        cells = [('infer', int(b)) for b in args.infer_batches.split(',') if b] + \
+            [('train', int(b)) for b in args.train_batches.split(',') if b]
         for mode, batch in cells:
-            results = {label: run(net, mode, batch, kernels, onednn, args.repeats, own_threads)
-                       for label, kernels, onednn, own_threads in CONFIGS}
-            if mode == 'infer' and have_ort:
-                results['ONNX Runtime'] = run(net, mode, batch, 'ort', True, args.repeats)
-            else:
-                results['ONNX Runtime'] = dict(error='-' if have_ort else 'not installed')
-            results['PyTorch eager'] = (best_torch(net, mode, batch, args.repeats)
-                                        if have_torch else dict(error='not installed'))
+            # rounds interleave the columns, so a slow spell of this shared machine hits them all
+            samples = {label: [] for label in labels}
+            for _ in range(args.rounds):
+                for label, kernels, onednn, own_threads in CONFIGS:
+                    samples[label].append(run(net, mode, batch, kernels, onednn, args.repeats,
+                                              own_threads))
+                samples['ONNX Runtime'].append(
+                    run(net, mode, batch, 'ort', True, args.repeats) if mode == 'infer' and have_ort
+                    else dict(error='-' if have_ort else 'not installed'))
+                samples['PyTorch eager'].append(best_torch(net, mode, batch, args.repeats)
+                                                if have_torch else dict(error='not installed'))
+            results = {label: median_run(samples[label]) for label in labels}
             fast = results[FAST]
             ratios = [fast['images_per_s'] / results[base]['images_per_s']
                       if 'images_per_s' in fast and 'images_per_s' in results[base]
@@ -222,6 +230,17 @@ def main(argv=None):
         notes.append('ONNX Runtime: not measured (pip install onnxruntime)')
     print('\n' + '\n'.join(notes))
     write_json(args.out, dict(rows=rows, notes=notes))
+
+
+def median_run(runs):
+    """The run with the median throughput (the lower middle one for an even count), with every
+    round's images/s under 'rounds'; the first error when no run succeeded."""
+    timed = sorted((r for r in runs if 'images_per_s' in r), key=lambda r: r['images_per_s'])
+    if not timed:
+        return runs[0]
+    if len(runs) == 1:
+        return timed[0]
+    return dict(timed[(len(timed) - 1) // 2], rounds=[r.get('images_per_s') for r in runs])
 
 
 def best_torch(net, mode, batch, repeats):
