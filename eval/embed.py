@@ -45,7 +45,8 @@ class Embedder:
     batch_size : int
     fast : bool
         Run the same mathematics through the fast CPU operators
-        (:func:`vargfacenet.symbol.fastpath.inference_graph`; ~2x on VarGFaceNet).
+        (:func:`vargfacenet.symbol.fastpath.inference_graph`: fused operators, batches above 16
+        as tiles of 16; on VarGFaceNet ~2x the faithful graph, see docs/speed.md).
     """
 
     def __init__(self, sym, arg_params, aux_params, ctx=mx.cpu(), batch_size=32, fast=True):

@@ -67,8 +67,8 @@ INFERENCE_TILE = 16
 def inference_graph(sym, ctx, batch_size=1, kernels='auto', tile=INFERENCE_TILE):
     """The graph an inference-only module should run on ``ctx`` (a Context or a list of them),
     bound at ``batch_size``: on CPU, the fused operators (:func:`optimize`) and batches larger
-    than ``tile`` computed as tiles of ``tile`` images (:func:`tile_batch`); on GPU, ``sym``
-    unchanged. Only for forward passes with ``is_train=False`` (BatchNorm's moving statistics
+    than ``tile`` computed as tiles of ``tile`` images (:func:`tile_batch`; ``tile=None``: never
+    tiled); on GPU, ``sym`` unchanged. Only for forward passes with ``is_train=False`` (BatchNorm's moving statistics
     make every image independent of the rest of the batch)."""
     contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
     if any(c.device_type == 'gpu' for c in contexts):
@@ -76,7 +76,7 @@ def inference_graph(sym, ctx, batch_size=1, kernels='auto', tile=INFERENCE_TILE)
     # the batch is split over devices before the graph sees it
     data_shape = (-(-batch_size // len(contexts)), 3, 112, 112)
     fast = optimize(sym, mode='inference', data_shape=data_shape, kernels=kernels)
-    return tile_batch(fast, data_shape, tile) if tile else fast
+    return fast if tile is None else tile_batch(fast, data_shape, tile)
 
 
 def _batch_leading(sym, data_shape, input_name):

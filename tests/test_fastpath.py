@@ -366,6 +366,8 @@ def test_tiling_leaves_batch_mixing_graphs_and_small_batches_alone():
     np.testing.assert_array_equal(out, np.maximum(x, 0).astype(np.float32))
     with pytest.raises(ValueError, match='tile'):
         fastpath.tile_batch(per_image, (32, 3, 4, 4), tile=0)
+    with pytest.raises(ValueError, match='tile'):
+        fastpath.inference_graph(get_symbol('vargfacenet'), mx.cpu(), 32, tile=0)
     with pytest.raises(ValueError, match="no input named 'images'"):
         fastpath.tile_batch(per_image, (32, 3, 4, 4), input_name='images')
 
