@@ -68,8 +68,8 @@ def inference_graph(sym, ctx, batch_size=1, kernels='auto', tile=INFERENCE_TILE)
     """The graph an inference-only module should run on ``ctx`` (a Context or a list of them),
     bound at ``batch_size``: on CPU, the fused operators (:func:`optimize`) and batches larger
     than ``tile`` computed as tiles of ``tile`` images (:func:`tile_batch`; ``tile=None``: never
-    tiled); on GPU, ``sym`` unchanged. Only for forward passes with ``is_train=False`` (BatchNorm's moving statistics
-    make every image independent of the rest of the batch)."""
+    tiled); on GPU, ``sym`` unchanged. Only for forward passes with ``is_train=False``
+    (BatchNorm's moving statistics make every image independent of the rest of the batch)."""
     contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
     if any(c.device_type == 'gpu' for c in contexts):
         return sym
