@@ -492,16 +492,33 @@ MXReturnValue add_shape(const std::unordered_map<std::string, std::string>& attr
   return MX_SUCCESS;
 }
 
+// The operator's inputs, data first at position `first` (0 in forward; 1 in backward, after dy)
+struct AddPreluInputs {
+  bool scaled;
+  Layout l;
+  const float *x, *k, *other, *slope;  // k is null when not scaled
+};
+
+bool add_inputs(const std::unordered_map<std::string, std::string>& attrs,
+                std::vector<MXTensor>& inputs, size_t first, AddPreluInputs* in) {
+  in->scaled = add_scaled(attrs);
+  if (!layout_of(inputs[first].shape, &in->l)) return false;
+  const size_t at = first + (in->scaled ? 1 : 0);
+  in->x = inputs[first].data<float>();
+  in->k = in->scaled ? inputs[first + 1].data<float>() : nullptr;
+  in->other = inputs[at + 1].data<float>();
+  in->slope = inputs[at + 2].data<float>();
+  return true;
+}
+
 MXReturnValue add_forward(const std::unordered_map<std::string, std::string>& attrs,
                           std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                           const OpResource& res) {
-  const bool scaled = add_scaled(attrs);
-  Layout l;
-  if (!layout_of((*inputs)[0].shape, &l)) return MX_FAIL;
-  const float* x = (*inputs)[0].data<float>();
-  const float* k = scaled ? (*inputs)[1].data<float>() : nullptr;
-  const float* o = (*inputs)[scaled ? 2 : 1].data<float>();
-  const float* slope = (*inputs)[scaled ? 3 : 2].data<float>();
+  AddPreluInputs in;
+  if (!add_inputs(attrs, *inputs, 0, &in)) return MX_FAIL;
+  const bool scaled = in.scaled;
+  const Layout l = in.l;
+  const float *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
   float* y = (*outputs)[0].data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < l.n * l.c; ++row) {
@@ -523,14 +540,12 @@ MXReturnValue add_forward(const std::unordered_map<std::string, std::string>& at
 MXReturnValue add_backward(const std::unordered_map<std::string, std::string>& attrs,
                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                            const OpResource& res) {
-  const bool scaled = add_scaled(attrs);
-  Layout l;
-  if (!layout_of((*inputs)[1].shape, &l)) return MX_FAIL;
+  AddPreluInputs in;
+  if (!add_inputs(attrs, *inputs, 1, &in)) return MX_FAIL;
+  const bool scaled = in.scaled;
+  const Layout l = in.l;
+  const float *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
   const float* dy = (*inputs)[0].data<float>();
-  const float* x = (*inputs)[1].data<float>();
-  const float* k = scaled ? (*inputs)[2].data<float>() : nullptr;
-  const float* o = (*inputs)[scaled ? 3 : 2].data<float>();
-  const float* slope = (*inputs)[scaled ? 4 : 3].data<float>();
   float* dx = (*outputs)[0].data<float>();
   float* dk = scaled ? (*outputs)[1].data<float>() : nullptr;
   float* dother = (*outputs)[scaled ? 2 : 1].data<float>();
