@@ -30,8 +30,8 @@
 //        after it (with the SE product when scaled) in one pass: MXNet writes and re-reads the
 //        full tensor between each of these operators, and at batch 32 this network's forward
 //        pass is bound by memory traffic, not arithmetic.
-// Tensors are (N, C, ...) with channels on axis 1, float32. Gradients are written (req=write);
-// the fast-path graphs never accumulate into these outputs.
+// Tensors are (N, C, ...) with channels on axis 1, float32 or float64 (all alike). Gradients
+// are written (req=write); the fast-path graphs never accumulate into these outputs.
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -88,17 +88,18 @@ bool parse_bn(const std::unordered_map<std::string, std::string>& attrs, BnParam
 }
 
 // Batch statistics of channel c: mean and biased variance. Each row of S values is summed in
-// float (vectorised) around a pivot (the channel's first value, so E[v^2] - E[v]^2 does not
+// T (vectorised) around a pivot (the channel's first value, so E[v^2] - E[v]^2 does not
 // cancel), rows are combined in double.
-void channel_stats(const float* x, const Layout& l, int64_t c, double* mean, double* var) {
-  const float pivot = x[c * l.s];
+template <typename T>
+void channel_stats(const T* x, const Layout& l, int64_t c, double* mean, double* var) {
+  const T pivot = x[c * l.s];
   double sum = 0.0, sumsq = 0.0;
   for (int64_t n = 0; n < l.n; ++n) {
-    const float* p = x + (n * l.c + c) * l.s;
-    float ls = 0.0f, lq = 0.0f;
+    const T* p = x + (n * l.c + c) * l.s;
+    T ls = T(0), lq = T(0);
 #pragma omp simd reduction(+ : ls, lq)
     for (int64_t i = 0; i < l.s; ++i) {
-      float v = p[i] - pivot;
+      T v = p[i] - pivot;
       ls += v;
       lq += v * v;
     }
@@ -122,17 +123,34 @@ MXReturnValue bn_parse(const std::unordered_map<std::string, std::string>& attrs
   return MX_SUCCESS;
 }
 
-MXReturnValue bn_type(const std::unordered_map<std::string, std::string>& attrs,
-                      std::vector<int>* in_types, std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    if ((*in_types)[i] != kFloat32 && (*in_types)[i] != -1) {
-      MX_ERROR_MSG << "vfn_bn_act: input " << i << " must be float32";
+// Every input and the output share one type, float32 or float64 (whichever is known first; MXNet
+// calls this again as more types become known). float64 exists for exact checks of whole
+// networks: in float32, PReLU's kink turns rounding into O(1) gradient differences.
+MXReturnValue same_float_type(const char* op, std::vector<int>* in_types,
+                              std::vector<int>* out_types) {
+  int known = -1;
+  for (int t : *in_types) {
+    if (t == -1) continue;
+    if (t != kFloat32 && t != kFloat64) {
+      MX_ERROR_MSG << op << ": inputs must be float32 or float64";
       return MX_FAIL;
     }
-    (*in_types)[i] = kFloat32;
+    if (known != -1 && t != known) {
+      MX_ERROR_MSG << op << ": all inputs must have the same type (float32 or float64)";
+      return MX_FAIL;
+    }
+    known = t;
   }
-  (*out_types)[0] = kFloat32;
+  if (known == -1 && !out_types->empty()) known = (*out_types)[0];
+  if (known == -1) return MX_SUCCESS;
+  for (int& t : *in_types) t = known;
+  for (int& t : *out_types) t = known;
   return MX_SUCCESS;
+}
+
+MXReturnValue bn_type(const std::unordered_map<std::string, std::string>& attrs,
+                      std::vector<int>* in_types, std::vector<int>* out_types) {
+  return same_float_type("vfn_bn_act", in_types, out_types);
 }
 
 MXReturnValue bn_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -171,70 +189,72 @@ MXReturnValue bn_mutate(const std::unordered_map<std::string, std::string>& attr
   return MX_SUCCESS;
 }
 
-MXReturnValue bn_forward(const std::unordered_map<std::string, std::string>& attrs,
-                         std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                         const OpResource& res) {
+template <typename T>
+MXReturnValue bn_forward_t(const std::unordered_map<std::string, std::string>& attrs,
+                           std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                           const OpResource& res) {
   BnParams p;
   Layout l;
   if (!parse_bn(attrs, &p) || !layout_of((*inputs)[0].shape, &l)) return MX_FAIL;
-  const float* x = (*inputs)[0].data<float>();
-  const float* gamma = (*inputs)[1].data<float>();
-  const float* beta = (*inputs)[2].data<float>();
-  float* moving_mean = (*inputs)[3].data<float>();
-  float* moving_var = (*inputs)[4].data<float>();
-  const float* slope = p.prelu ? (*inputs)[5].data<float>() : nullptr;
-  float* y = (*outputs)[0].data<float>();
+  const T* x = (*inputs)[0].data<T>();
+  const T* gamma = (*inputs)[1].data<T>();
+  const T* beta = (*inputs)[2].data<T>();
+  T* moving_mean = (*inputs)[3].data<T>();
+  T* moving_var = (*inputs)[4].data<T>();
+  const T* slope = p.prelu ? (*inputs)[5].data<T>() : nullptr;
+  T* y = (*outputs)[0].data<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < l.c; ++c) {
     double mean, var;
     channel_stats(x, l, c, &mean, &var);
     const double invstd = 1.0 / std::sqrt(var + p.eps);
     const double g = p.fix_gamma ? 1.0 : gamma[c];
-    const float scale = static_cast<float>(g * invstd);
+    const T scale = static_cast<T>(g * invstd);
     // z = (x - mean) * scale + beta, centred first as MXNet does: x * scale + (beta - mean *
     // scale) loses digits to cancellation when |mean| >> std, and a deep network amplifies it
-    const float fmean = static_cast<float>(mean), shift = beta[c];
-    const float a = slope ? slope[c] : 1.0f;
+    const T fmean = static_cast<T>(mean), shift = beta[c];
+    const T a = slope ? slope[c] : T(1);
     for (int64_t n = 0; n < l.n; ++n) {
-      const float* px = x + (n * l.c + c) * l.s;
-      float* py = y + (n * l.c + c) * l.s;
+      const T* px = x + (n * l.c + c) * l.s;
+      T* py = y + (n * l.c + c) * l.s;
       if (slope) {
 #pragma omp simd
         for (int64_t i = 0; i < l.s; ++i) {
-          float z = (px[i] - fmean) * scale + shift;
-          py[i] = z > 0.0f ? z : a * z;
+          T z = (px[i] - fmean) * scale + shift;
+          py[i] = z > T(0) ? z : a * z;
         }
       } else {
 #pragma omp simd
         for (int64_t i = 0; i < l.s; ++i) py[i] = (px[i] - fmean) * scale + shift;
       }
     }
-    moving_mean[c] = static_cast<float>(p.momentum * moving_mean[c] + (1.0 - p.momentum) * mean);
-    moving_var[c] = static_cast<float>(p.momentum * moving_var[c] + (1.0 - p.momentum) * var);
+    moving_mean[c] = static_cast<T>(p.momentum * moving_mean[c] + (1.0 - p.momentum) * mean);
+    moving_var[c] = static_cast<T>(p.momentum * moving_var[c] + (1.0 - p.momentum) * var);
   }
   return MX_SUCCESS;
 }
 
 // inputs: [dy, data, gamma, beta, moving_mean, moving_var, (slope), y]
 // outputs: [ddata, dgamma, dbeta, dmoving_mean, dmoving_var, (dslope)]
-MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& attrs,
-                          std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                          const OpResource& res) {
+template <typename T>
+MXReturnValue bn_backward_t(const std::unordered_map<std::string, std::string>& attrs,
+                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                            const OpResource& res) {
   BnParams p;
   Layout l;
   if (!parse_bn(attrs, &p) || !layout_of((*inputs)[1].shape, &l)) return MX_FAIL;
-  const float* dy = (*inputs)[0].data<float>();
-  const float* x = (*inputs)[1].data<float>();
-  const float* gamma = (*inputs)[2].data<float>();
-  const float* beta = (*inputs)[3].data<float>();
-  const float* slope = p.prelu ? (*inputs)[6].data<float>() : nullptr;
-  float* dx = (*outputs)[0].data<float>();
-  float* dgamma = (*outputs)[1].data<float>();
-  float* dbeta = (*outputs)[2].data<float>();
-  float* dslope = p.prelu ? (*outputs)[5].data<float>() : nullptr;
+  const T* dy = (*inputs)[0].data<T>();
+  const T* x = (*inputs)[1].data<T>();
+  const T* gamma = (*inputs)[2].data<T>();
+  const T* beta = (*inputs)[3].data<T>();
+  const T* slope = p.prelu ? (*inputs)[6].data<T>() : nullptr;
+  T* dx = (*outputs)[0].data<T>();
+  T* dgamma = (*outputs)[1].data<T>();
+  T* dbeta = (*outputs)[2].data<T>();
+  T* dslope = p.prelu ? (*outputs)[5].data<T>() : nullptr;
   for (int k = 3; k <= 4; ++k) {  // auxiliary states have no gradient
     if (static_cast<size_t>(k) < outputs->size() && (*outputs)[k].data_ptr)
-      std::memset((*outputs)[k].data_ptr, 0, sizeof(float) * (*outputs)[k].size());
+      std::memset((*outputs)[k].data_ptr, 0, sizeof(T) * (*outputs)[k].size());
   }
   const double m = static_cast<double>(l.n * l.s);
 #pragma omp parallel for schedule(static)
@@ -243,26 +263,26 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
     channel_stats(x, l, c, &mean, &var);
     const double invstd = 1.0 / std::sqrt(var + p.eps);
     const double g = p.fix_gamma ? 1.0 : gamma[c];
-    const float scale = static_cast<float>(g * invstd);
-    const float shift = beta[c];
-    const float a = slope ? slope[c] : 1.0f;
+    const T scale = static_cast<T>(g * invstd);
+    const T shift = beta[c];
+    const T a = slope ? slope[c] : T(1);
     // pass 1: sums of dz, dz * (x - mean) (dz = gradient at the BatchNorm output) and of the
-    // slope gradient; float within a row (vectorised), double across rows
-    const float fmean = static_cast<float>(mean);  // z is recomputed exactly as in forward
+    // slope gradient; T within a row (vectorised), double across rows
+    const T fmean = static_cast<T>(mean);  // z is recomputed exactly as in forward
     double sum_dz = 0.0, sum_dzx = 0.0, sum_slope = 0.0;
     for (int64_t n = 0; n < l.n; ++n) {
-      const float* px = x + (n * l.c + c) * l.s;
-      const float* pd = dy + (n * l.c + c) * l.s;
-      float s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+      const T* px = x + (n * l.c + c) * l.s;
+      const T* pd = dy + (n * l.c + c) * l.s;
+      T s1 = T(0), s2 = T(0), s3 = T(0);
       if (slope) {
 #pragma omp simd reduction(+ : s1, s2, s3)
         for (int64_t i = 0; i < l.s; ++i) {
-          const float z = (px[i] - fmean) * scale + shift;
-          const bool positive = z > 0.0f;
-          const float dz = positive ? pd[i] : a * pd[i];
+          const T z = (px[i] - fmean) * scale + shift;
+          const bool positive = z > T(0);
+          const T dz = positive ? pd[i] : a * pd[i];
           s1 += dz;
           s2 += dz * (px[i] - fmean);
-          s3 += positive ? 0.0f : z * pd[i];
+          s3 += positive ? T(0) : z * pd[i];
         }
       } else {
 #pragma omp simd reduction(+ : s1, s2)
@@ -275,23 +295,24 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
       sum_dzx += s2;
       sum_slope += s3;
     }
-    // dbeta = sum dz; dgamma = sum dz * xhat; dx = g * invstd * (dz - dbeta / m - xhat * dgamma / m)
+    // dbeta = sum dz; dgamma = sum dz * xhat;
+    // dx = g * invstd * (dz - dbeta / m - xhat * dgamma / m)
     const double d_beta = sum_dz;
     const double d_gamma = invstd * (sum_dzx - (mean - fmean) * sum_dz);
     const double k_dz = g * invstd;
     const double k_x = -g * invstd * invstd * d_gamma / m;
     const double k_0 = -g * invstd * d_beta / m;  // dx = k_dz dz + k_x (x - mean) + k_0
-    const float fa = static_cast<float>(k_dz), fb = static_cast<float>(k_x),
-                fc = static_cast<float>(k_0);
+    const T fa = static_cast<T>(k_dz), fb = static_cast<T>(k_x),
+                fc = static_cast<T>(k_0);
     for (int64_t n = 0; n < l.n; ++n) {
-      const float* px = x + (n * l.c + c) * l.s;
-      const float* pd = dy + (n * l.c + c) * l.s;
-      float* po = dx + (n * l.c + c) * l.s;
+      const T* px = x + (n * l.c + c) * l.s;
+      const T* pd = dy + (n * l.c + c) * l.s;
+      T* po = dx + (n * l.c + c) * l.s;
       if (slope) {
 #pragma omp simd
         for (int64_t i = 0; i < l.s; ++i) {
-          float z = (px[i] - fmean) * scale + shift;
-          float dz = z > 0.0f ? pd[i] : a * pd[i];
+          T z = (px[i] - fmean) * scale + shift;
+          T dz = z > T(0) ? pd[i] : a * pd[i];
           po[i] = fa * dz + fb * (px[i] - fmean) + fc;
         }
       } else {
@@ -299,9 +320,9 @@ MXReturnValue bn_backward(const std::unordered_map<std::string, std::string>& at
         for (int64_t i = 0; i < l.s; ++i) po[i] = fa * pd[i] + fb * (px[i] - fmean) + fc;
       }
     }
-    dbeta[c] = static_cast<float>(d_beta);
-    dgamma[c] = p.fix_gamma ? 0.0f : static_cast<float>(d_gamma);
-    if (dslope) dslope[c] = static_cast<float>(sum_slope);
+    dbeta[c] = static_cast<T>(d_beta);
+    dgamma[c] = p.fix_gamma ? T(0) : static_cast<T>(d_gamma);
+    if (dslope) dslope[c] = static_cast<T>(sum_slope);
   }
   return MX_SUCCESS;
 }
@@ -316,7 +337,17 @@ MXReturnValue prelu_parse(const std::unordered_map<std::string, std::string>& at
 
 MXReturnValue prelu_type(const std::unordered_map<std::string, std::string>& attrs,
                          std::vector<int>* in_types, std::vector<int>* out_types) {
-  return bn_type(attrs, in_types, out_types);
+  return same_float_type("vfn_prelu", in_types, out_types);
+}
+
+MXReturnValue scale_type(const std::unordered_map<std::string, std::string>& attrs,
+                         std::vector<int>* in_types, std::vector<int>* out_types) {
+  return same_float_type("vfn_channel_scale", in_types, out_types);
+}
+
+MXReturnValue add_type(const std::unordered_map<std::string, std::string>& attrs,
+                       std::vector<int>* in_types, std::vector<int>* out_types) {
+  return same_float_type("vfn_add_prelu", in_types, out_types);
 }
 
 MXReturnValue prelu_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -325,56 +356,58 @@ MXReturnValue prelu_shape(const std::unordered_map<std::string, std::string>& at
   return bn_shape(attrs, in_shapes, out_shapes);
 }
 
-MXReturnValue prelu_forward(const std::unordered_map<std::string, std::string>& attrs,
-                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                            const OpResource& res) {
+template <typename T>
+MXReturnValue prelu_forward_t(const std::unordered_map<std::string, std::string>& attrs,
+                              std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                              const OpResource& res) {
   Layout l;
   if (!layout_of((*inputs)[0].shape, &l)) return MX_FAIL;
-  const float* x = (*inputs)[0].data<float>();
-  const float* slope = (*inputs)[1].data<float>();
-  float* y = (*outputs)[0].data<float>();
+  const T* x = (*inputs)[0].data<T>();
+  const T* slope = (*inputs)[1].data<T>();
+  T* y = (*outputs)[0].data<T>();
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t n = 0; n < l.n; ++n) {
     for (int64_t c = 0; c < l.c; ++c) {
-      const float a = slope[c];
-      const float* px = x + (n * l.c + c) * l.s;
-      float* py = y + (n * l.c + c) * l.s;
+      const T a = slope[c];
+      const T* px = x + (n * l.c + c) * l.s;
+      T* py = y + (n * l.c + c) * l.s;
 #pragma omp simd
-      for (int64_t i = 0; i < l.s; ++i) py[i] = px[i] > 0.0f ? px[i] : a * px[i];
+      for (int64_t i = 0; i < l.s; ++i) py[i] = px[i] > T(0) ? px[i] : a * px[i];
     }
   }
   return MX_SUCCESS;
 }
 
 // inputs: [dy, data, slope, y]; outputs: [ddata, dslope]
-MXReturnValue prelu_backward(const std::unordered_map<std::string, std::string>& attrs,
-                             std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                             const OpResource& res) {
+template <typename T>
+MXReturnValue prelu_backward_t(const std::unordered_map<std::string, std::string>& attrs,
+                               std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                               const OpResource& res) {
   Layout l;
   if (!layout_of((*inputs)[1].shape, &l)) return MX_FAIL;
-  const float* dy = (*inputs)[0].data<float>();
-  const float* x = (*inputs)[1].data<float>();
-  const float* slope = (*inputs)[2].data<float>();
-  float* dx = (*outputs)[0].data<float>();
-  float* dslope = (*outputs)[1].data<float>();
+  const T* dy = (*inputs)[0].data<T>();
+  const T* x = (*inputs)[1].data<T>();
+  const T* slope = (*inputs)[2].data<T>();
+  T* dx = (*outputs)[0].data<T>();
+  T* dslope = (*outputs)[1].data<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < l.c; ++c) {
-    const float a = slope[c];
+    const T a = slope[c];
     double total = 0.0;
     for (int64_t n = 0; n < l.n; ++n) {
-      const float* px = x + (n * l.c + c) * l.s;
-      const float* pd = dy + (n * l.c + c) * l.s;
-      float* po = dx + (n * l.c + c) * l.s;
-      float part = 0.0f;
+      const T* px = x + (n * l.c + c) * l.s;
+      const T* pd = dy + (n * l.c + c) * l.s;
+      T* po = dx + (n * l.c + c) * l.s;
+      T part = T(0);
 #pragma omp simd reduction(+ : part)
       for (int64_t i = 0; i < l.s; ++i) {
-        const bool positive = px[i] > 0.0f;
+        const bool positive = px[i] > T(0);
         po[i] = positive ? pd[i] : a * pd[i];
-        part += positive ? 0.0f : px[i] * pd[i];
+        part += positive ? T(0) : px[i] * pd[i];
       }
       total += part;
     }
-    dslope[c] = static_cast<float>(total);
+    dslope[c] = static_cast<T>(total);
   }
   return MX_SUCCESS;
 }
@@ -396,19 +429,20 @@ MXReturnValue scale_shape(const std::unordered_map<std::string, std::string>& at
   return MX_SUCCESS;
 }
 
-MXReturnValue scale_forward(const std::unordered_map<std::string, std::string>& attrs,
-                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                            const OpResource& res) {
+template <typename T>
+MXReturnValue scale_forward_t(const std::unordered_map<std::string, std::string>& attrs,
+                              std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                              const OpResource& res) {
   Layout l;
   if (!layout_of((*inputs)[0].shape, &l)) return MX_FAIL;
-  const float* x = (*inputs)[0].data<float>();
-  const float* k = (*inputs)[1].data<float>();
-  float* y = (*outputs)[0].data<float>();
+  const T* x = (*inputs)[0].data<T>();
+  const T* k = (*inputs)[1].data<T>();
+  T* y = (*outputs)[0].data<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < l.n * l.c; ++row) {
-    const float f = k[row];
-    const float* px = x + row * l.s;
-    float* py = y + row * l.s;
+    const T f = k[row];
+    const T* px = x + row * l.s;
+    T* py = y + row * l.s;
 #pragma omp simd
     for (int64_t i = 0; i < l.s; ++i) py[i] = px[i] * f;
   }
@@ -416,23 +450,24 @@ MXReturnValue scale_forward(const std::unordered_map<std::string, std::string>& 
 }
 
 // inputs: [dy, data, scale, y]; outputs: [ddata, dscale]
-MXReturnValue scale_backward(const std::unordered_map<std::string, std::string>& attrs,
-                             std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                             const OpResource& res) {
+template <typename T>
+MXReturnValue scale_backward_t(const std::unordered_map<std::string, std::string>& attrs,
+                               std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                               const OpResource& res) {
   Layout l;
   if (!layout_of((*inputs)[1].shape, &l)) return MX_FAIL;
-  const float* dy = (*inputs)[0].data<float>();
-  const float* x = (*inputs)[1].data<float>();
-  const float* k = (*inputs)[2].data<float>();
-  float* dx = (*outputs)[0].data<float>();
-  float* dk = (*outputs)[1].data<float>();
+  const T* dy = (*inputs)[0].data<T>();
+  const T* x = (*inputs)[1].data<T>();
+  const T* k = (*inputs)[2].data<T>();
+  T* dx = (*outputs)[0].data<T>();
+  T* dk = (*outputs)[1].data<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < l.n * l.c; ++row) {
-    const float f = k[row];
-    const float* px = x + row * l.s;
-    const float* pd = dy + row * l.s;
-    float* po = dx + row * l.s;
-    float total = 0.0f;
+    const T f = k[row];
+    const T* px = x + row * l.s;
+    const T* pd = dy + row * l.s;
+    T* po = dx + row * l.s;
+    T total = T(0);
 #pragma omp simd reduction(+ : total)
     for (int64_t i = 0; i < l.s; ++i) {
       po[i] = pd[i] * f;
@@ -493,94 +528,117 @@ MXReturnValue add_shape(const std::unordered_map<std::string, std::string>& attr
 }
 
 // The operator's inputs, data first at position `first` (0 in forward; 1 in backward, after dy)
+template <typename T>
 struct AddPreluInputs {
   bool scaled;
   Layout l;
-  const float *x, *k, *other, *slope;  // k is null when not scaled
+  const T *x, *k, *other, *slope;  // k is null when not scaled
 };
 
+template <typename T>
 bool add_inputs(const std::unordered_map<std::string, std::string>& attrs,
-                std::vector<MXTensor>& inputs, size_t first, AddPreluInputs* in) {
+                std::vector<MXTensor>& inputs, size_t first, AddPreluInputs<T>* in) {
   in->scaled = add_scaled(attrs);
   if (!layout_of(inputs[first].shape, &in->l)) return false;
   const size_t at = first + (in->scaled ? 1 : 0);
-  in->x = inputs[first].data<float>();
-  in->k = in->scaled ? inputs[first + 1].data<float>() : nullptr;
-  in->other = inputs[at + 1].data<float>();
-  in->slope = inputs[at + 2].data<float>();
+  in->x = inputs[first].data<T>();
+  in->k = in->scaled ? inputs[first + 1].data<T>() : nullptr;
+  in->other = inputs[at + 1].data<T>();
+  in->slope = inputs[at + 2].data<T>();
   return true;
 }
 
-MXReturnValue add_forward(const std::unordered_map<std::string, std::string>& attrs,
-                          std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                          const OpResource& res) {
-  AddPreluInputs in;
+template <typename T>
+MXReturnValue add_forward_t(const std::unordered_map<std::string, std::string>& attrs,
+                            std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                            const OpResource& res) {
+  AddPreluInputs<T> in;
   if (!add_inputs(attrs, *inputs, 0, &in)) return MX_FAIL;
   const bool scaled = in.scaled;
   const Layout l = in.l;
-  const float *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
-  float* y = (*outputs)[0].data<float>();
+  const T *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
+  T* y = (*outputs)[0].data<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < l.n * l.c; ++row) {
-    const float f = scaled ? k[row] : 1.0f;
-    const float a = slope[row % l.c];
-    const float* px = x + row * l.s;
-    const float* po = o + row * l.s;
-    float* py = y + row * l.s;
+    const T f = scaled ? k[row] : T(1);
+    const T a = slope[row % l.c];
+    const T* px = x + row * l.s;
+    const T* po = o + row * l.s;
+    T* py = y + row * l.s;
 #pragma omp simd
     for (int64_t i = 0; i < l.s; ++i) {
-      const float z = px[i] * f + po[i];
-      py[i] = z > 0.0f ? z : a * z;
+      const T z = px[i] * f + po[i];
+      py[i] = z > T(0) ? z : a * z;
     }
   }
   return MX_SUCCESS;
 }
 
 // inputs: [dy, data, (scale,) other, slope, y]; outputs: [ddata, (dscale,) dother, dslope]
-MXReturnValue add_backward(const std::unordered_map<std::string, std::string>& attrs,
-                           std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
-                           const OpResource& res) {
-  AddPreluInputs in;
+template <typename T>
+MXReturnValue add_backward_t(const std::unordered_map<std::string, std::string>& attrs,
+                             std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                             const OpResource& res) {
+  AddPreluInputs<T> in;
   if (!add_inputs(attrs, *inputs, 1, &in)) return MX_FAIL;
   const bool scaled = in.scaled;
   const Layout l = in.l;
-  const float *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
-  const float* dy = (*inputs)[0].data<float>();
-  float* dx = (*outputs)[0].data<float>();
-  float* dk = scaled ? (*outputs)[1].data<float>() : nullptr;
-  float* dother = (*outputs)[scaled ? 2 : 1].data<float>();
-  float* dslope = (*outputs)[scaled ? 3 : 2].data<float>();
+  const T *x = in.x, *k = in.k, *o = in.other, *slope = in.slope;
+  const T* dy = (*inputs)[0].data<T>();
+  T* dx = (*outputs)[0].data<T>();
+  T* dk = scaled ? (*outputs)[1].data<T>() : nullptr;
+  T* dother = (*outputs)[scaled ? 2 : 1].data<T>();
+  T* dslope = (*outputs)[scaled ? 3 : 2].data<T>();
   // Per channel (one thread owns a channel across the batch, so the slope sum needs no atomics)
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < l.c; ++c) {
-    const float a = slope[c];
+    const T a = slope[c];
     double slope_total = 0.0;
     for (int64_t n = 0; n < l.n; ++n) {
       const int64_t row = n * l.c + c;
-      const float f = scaled ? k[row] : 1.0f;
-      const float* px = x + row * l.s;
-      const float* po = o + row * l.s;
-      const float* pd = dy + row * l.s;
-      float* pdx = dx + row * l.s;
-      float* pdo = dother + row * l.s;
-      float part_slope = 0.0f, part_scale = 0.0f;
+      const T f = scaled ? k[row] : T(1);
+      const T* px = x + row * l.s;
+      const T* po = o + row * l.s;
+      const T* pd = dy + row * l.s;
+      T* pdx = dx + row * l.s;
+      T* pdo = dother + row * l.s;
+      T part_slope = T(0), part_scale = T(0);
 #pragma omp simd reduction(+ : part_slope, part_scale)
       for (int64_t i = 0; i < l.s; ++i) {
-        const float z = px[i] * f + po[i];
-        const bool positive = z > 0.0f;
-        const float g = positive ? pd[i] : a * pd[i];
+        const T z = px[i] * f + po[i];
+        const bool positive = z > T(0);
+        const T g = positive ? pd[i] : a * pd[i];
         pdo[i] = g;
         pdx[i] = g * f;
         part_scale += g * px[i];
-        part_slope += positive ? 0.0f : z * pd[i];
+        part_slope += positive ? T(0) : z * pd[i];
       }
       if (scaled) dk[row] = part_scale;
       slope_total += part_slope;
     }
-    dslope[c] = static_cast<float>(slope_total);
+    dslope[c] = static_cast<T>(slope_total);
   }
   return MX_SUCCESS;
 }
+
+// The registered entry points: one instantiation per type. Input 0 (data, or dy in backward)
+// carries the type every tensor of the call shares (same_float_type).
+#define VFN_DISPATCH(name)                                                                  \
+  MXReturnValue name(const std::unordered_map<std::string, std::string>& attrs,             \
+                     std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,          \
+                     const OpResource& res) {                                                \
+    return (*inputs)[0].dtype == kFloat64 ? name##_t<double>(attrs, inputs, outputs, res)  \
+                                          : name##_t<float>(attrs, inputs, outputs, res);  \
+  }
+VFN_DISPATCH(bn_forward)
+VFN_DISPATCH(bn_backward)
+VFN_DISPATCH(prelu_forward)
+VFN_DISPATCH(prelu_backward)
+VFN_DISPATCH(scale_forward)
+VFN_DISPATCH(scale_backward)
+VFN_DISPATCH(add_forward)
+VFN_DISPATCH(add_backward)
+#undef VFN_DISPATCH
 
 }  // namespace
 
@@ -603,7 +661,7 @@ REGISTER_OP(vfn_prelu)
 
 REGISTER_OP(vfn_channel_scale)
     .setParseAttrs(prelu_parse)
-    .setInferType(prelu_type)
+    .setInferType(scale_type)
     .setInferShape(scale_shape)
     .setInferSType(dense_stype)
     .setForward(scale_forward, "cpu")
@@ -611,7 +669,7 @@ REGISTER_OP(vfn_channel_scale)
 
 REGISTER_OP(vfn_add_prelu)
     .setParseAttrs(add_parse)
-    .setInferType(prelu_type)
+    .setInferType(add_type)
     .setInferShape(add_shape)
     .setInferSType(dense_stype)
     .setForward(add_forward, "cpu")
