@@ -14,9 +14,11 @@ KERNELS = ['graph', pytest.param('fused', marks=pytest.mark.skipif(
 EMB = {'vargfacenet': 512, 'mobilefacenet': 128}
 
 
-def forward_backward(sym, params, data, head):
+def forward_backward(sym, params, data, head, dtype='float32'):
+    """Gradients (float64 arrays) of sum(output * head) in training mode, and the output."""
     loss = mx.sym.MakeLoss(mx.sym.sum(sym * mx.sym.Variable('head')))
     exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
+                           type_dict={'data': dtype, 'head': dtype},
                            grad_req={n: ('null' if n in ('data', 'head') else 'write')
                                      for n in loss.list_arguments()})
     for n, v in params.items():
@@ -25,8 +27,20 @@ def forward_backward(sym, params, data, head):
     exe.arg_dict['head'][:] = head
     exe.forward(is_train=True)
     exe.backward()
-    return ({n: g.asnumpy() for n, g in exe.grad_dict.items() if g is not None},
-            exe.outputs[0].asnumpy())
+    return ({n: g.asnumpy().astype(np.float64) for n, g in exe.grad_dict.items()
+             if g is not None}, exe.outputs[0].asnumpy())
+
+
+def relative_errors(grads, ref, names):
+    """Per-parameter relative error of ``grads`` against ``ref``.
+
+    Gradients that are zero in exact arithmetic (a BatchNorm shift followed by a linear layer
+    and another BatchNorm, a bias before a BatchNorm) are rounding noise in every
+    implementation; they are measured against 1% of the typical gradient norm instead.
+    """
+    typical = np.median([np.linalg.norm(ref[n]) for n in names])
+    return {n: np.linalg.norm(grads[n] - ref[n]) / max(np.linalg.norm(ref[n]), 1e-2 * typical)
+            for n in names}
 
 
 @pytest.mark.parametrize('kernels', ['graph'])
@@ -43,14 +57,8 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs, kernels):
     shapes = sym.infer_shape(data=(2, 3, 112, 112))
     assert fast.infer_shape(data=(2, 3, 112, 112)) == shapes
     rng = np.random.RandomState(0)
-    params = {n: init_like_training(n, s, rng) for n, s in zip(sym.list_arguments(), shapes[0])
-              if n != 'data'}
-    params.update({n: (rng.uniform(0.5, 1.5, s) if n.endswith('var') else rng.uniform(-.1, .1, s))
-                   for n, s in zip(sym.list_auxiliary_states(), shapes[2])})
-    for n in params:
-        if n.endswith('_act_gamma') or n.endswith('_relu_gamma'):   # PReLU slopes
-            params[n] = rng.uniform(0.2, 0.3, params[n].shape)
-    # batch 4: with 2 samples a BatchNorm over a 1x1 map outputs +-1 whatever its input, so
+    params = training_params(sym, rng)
+    # batch 8: with 2 samples a BatchNorm over a 1x1 map outputs +-1 whatever its input, so
     # every gradient behind it is float rounding noise and no comparison means anything
     data = rng.uniform(0, 255, (8, 3, 112, 112))
     head = rng.randn(8, EMB[name])
@@ -71,14 +79,8 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs, kernels):
     assert cosine.min() >= 0.99999
     assert set(grads_ref) == set(grads_fast)
     slopes = {n for n in grads_ref if n in prelu_slopes(sym)}
-    # Gradients that are zero in exact arithmetic (a BatchNorm shift followed by a linear layer
-    # and another BatchNorm, a bias before a BatchNorm) are float noise in every
-    # implementation; they are held to the same bound relative to the typical gradient norm.
-    typical = np.median([np.linalg.norm(g) for g in grads_ref.values()])
-    for n in set(grads_ref) - slopes:
-        scale = max(np.linalg.norm(grads_ref[n]), 1e-2 * typical)
-        rel = np.linalg.norm(grads_fast[n] - grads_ref[n]) / scale
-        assert rel <= 1e-4, (n, rel, np.linalg.norm(grads_ref[n]), typical)
+    errors = relative_errors(grads_fast, grads_ref, sorted(set(grads_ref) - slopes))
+    assert max(errors.values()) <= 1e-4, max(errors.items(), key=lambda kv: kv[1])
     # MXNet 1.9.1's LeakyReLU computes a wrong slope gradient for some PReLUs of the faithful
     # graph (see docs/speed.md), so the slopes are checked against finite differences instead
     wrong = [n for n in slopes if np.linalg.norm(grads_fast[n] - grads_ref[n])
@@ -86,7 +88,8 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs, kernels):
     checked = sorted(wrong)[:1] + sorted(set(slopes) - set(wrong))[:1]
     for n in checked:
         numeric = finite_difference(sym, params, data, head, n, channels=2)
-        # (float32 gradients of this network are a few % off the exact ones, see below)
+        # (float32 slope gradients of this network are ~1% off the exact ones: see
+        # test_fused_training_graph_float32 below)
         np.testing.assert_allclose(grads_fast[n][:2], numeric, rtol=0.1, atol=1e-3)
 
 
@@ -96,7 +99,7 @@ def training_params(sym, rng):
               if n != 'data'}
     params.update({n: (rng.uniform(0.5, 1.5, s) if n.endswith('var') else rng.uniform(-.1, .1, s))
                    for n, s in zip(sym.list_auxiliary_states(), shapes[2])})
-    for n in prelu_slopes(sym):
+    for n in sorted(prelu_slopes(sym)):   # (sorted: a set's order changes between processes)
         params[n] = rng.uniform(0.2, 0.3, params[n].shape)
     return params
 
@@ -240,29 +243,42 @@ def test_fused_batchnorm_matches_float64(shape, fix_gamma, act):
 
 
 @needs_fused
-def test_fused_prelu_and_channel_scale_match_numpy():
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_fused_prelu_and_channel_scale_match_numpy(dtype):
+    rtol, rtol_sum = {'float32': (1e-6, 1e-5), 'float64': (1e-14, 1e-12)}[dtype]
     rng = np.random.RandomState(4)
     x, slope, k = rng.randn(3, 5, 4, 4), rng.uniform(0.05, 0.5, 5), rng.rand(3, 5, 1, 1)
     dy = rng.randn(3, 5, 4, 4)
     prelu = getattr(mx.sym, fastops.OP_PRELU)(mx.sym.var('x'), mx.sym.var('a', shape=(5,)))
-    exe = prelu.simple_bind(mx.cpu(), x=x.shape)
+    exe = prelu.simple_bind(mx.cpu(), x=x.shape, type_dict={'x': dtype})
+    assert exe.grad_dict['a'].dtype == np.dtype(dtype)
     exe.arg_dict['x'][:], exe.arg_dict['a'][:] = x, slope
     a = slope.reshape(1, -1, 1, 1)
     np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(),
-                               np.where(x > 0, x, a * x), rtol=1e-6)
-    exe.backward(mx.nd.array(dy))
+                               np.where(x > 0, x, a * x), rtol=rtol)
+    exe.backward(mx.nd.array(dy, dtype=dtype))
     np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), np.where(x > 0, dy, a * dy),
-                               rtol=1e-6)
+                               rtol=rtol)
     np.testing.assert_allclose(exe.grad_dict['a'].asnumpy(),
-                               np.where(x > 0, 0, x * dy).sum((0, 2, 3)), rtol=1e-5)
+                               np.where(x > 0, 0, x * dy).sum((0, 2, 3)), rtol=rtol_sum)
     scale = getattr(mx.sym, fastops.OP_CHANNEL_SCALE)(mx.sym.var('x'), mx.sym.var('k'))
-    exe = scale.simple_bind(mx.cpu(), x=x.shape, k=k.shape)
+    exe = scale.simple_bind(mx.cpu(), x=x.shape, k=k.shape, type_dict={'x': dtype})
     exe.arg_dict['x'][:], exe.arg_dict['k'][:] = x, k
-    np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(), x * k, rtol=1e-6)
-    exe.backward(mx.nd.array(dy))
-    np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), dy * k, rtol=1e-6)
+    np.testing.assert_allclose(exe.forward(is_train=True)[0].asnumpy(), x * k, rtol=rtol)
+    exe.backward(mx.nd.array(dy, dtype=dtype))
+    np.testing.assert_allclose(exe.grad_dict['x'].asnumpy(), dy * k, rtol=rtol)
     np.testing.assert_allclose(exe.grad_dict['k'].asnumpy(),
-                               (dy * x).sum((2, 3), keepdims=True), rtol=1e-5)
+                               (dy * x).sum((2, 3), keepdims=True), rtol=rtol_sum)
+
+
+@needs_fused
+def test_fused_operators_reject_other_and_mixed_types():
+    prelu = getattr(mx.sym, fastops.OP_PRELU)(mx.sym.var('x'), mx.sym.var('a', shape=(5,)))
+    errors = (mx.MXNetError, RuntimeError)   # (simple_bind re-raises as RuntimeError)
+    with pytest.raises(errors, match='vfn_prelu: inputs must be float32 or float64'):
+        prelu.simple_bind(mx.cpu(), x=(2, 5, 3, 3), type_dict={'x': 'float16'})
+    with pytest.raises(errors, match='vfn_prelu: all inputs must have the same type'):
+        prelu.simple_bind(mx.cpu(), x=(2, 5, 3, 3), type_dict={'x': 'float64', 'a': 'float32'})
 
 
 @needs_fused
@@ -372,54 +388,76 @@ def test_tiling_leaves_batch_mixing_graphs_and_small_batches_alone():
         fastpath.tile_batch(per_image, (32, 3, 4, 4), input_name='images')
 
 
-def gradients(sym, params, data, head, dtype):
-    loss = mx.sym.MakeLoss(mx.sym.sum(sym * mx.sym.Variable('head')))
-    exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
-                           type_dict={'data': dtype, 'head': dtype},
-                           grad_req={n: ('null' if n in ('data', 'head') else 'write')
-                                     for n in loss.list_arguments()})
-    for n, v in params.items():
-        (exe.arg_dict if n in exe.arg_dict else exe.aux_dict)[n][:] = v
-    exe.arg_dict['data'][:] = data
-    exe.arg_dict['head'][:] = head
-    exe.forward(is_train=True)
-    exe.backward()
-    return {n: g.asnumpy().astype(np.float64) for n, g in exe.grad_dict.items()
-            if g is not None}
+def whole_network_case(sym, slopes=(0.2, 0.3), seed=0):
+    rng = np.random.RandomState(seed)
+    params = training_params(sym, rng)
+    for n in sorted(prelu_slopes(sym)):
+        params[n] = rng.uniform(slopes[0], slopes[1], params[n].shape)
+    return params, rng.uniform(0, 255, (8, 3, 112, 112)), rng.randn(8, 512)
 
 
-@needs_fused
-def test_fused_training_graph_is_at_least_as_exact_as_mxnet():
-    """Whole VarGFaceNet: the fused graph's gradients against the faithful graph in float64.
-
-    In float32 this network amplifies rounding so much that MXNet's own faithful graph is ~1e-2
-    (relative, all gradients) away from its float64 gradients, and its oneDNN and native kernels
-    disagree by 2.5e-3; "equal to the float32 graph within 1e-4" is not a property any kernel
-    change can have. The bar here: the fused graph is no further from the exact gradients than
-    MXNet's float32 graph is (measured: 4.2e-3 vs 9.0e-3).
-    """
-    sym = get_symbol('vargfacenet')
+def fused_training_graph(sym):
     fused = fastpath.optimize(sym, mode='train', kernels='fused')
     ops = {n['op'] for n in json.loads(fused.tojson())['nodes']}
     assert 'BatchNorm' not in ops and 'LeakyReLU' not in ops and 'broadcast_mul' not in ops
+    assert fastops.OP_ADD_PRELU in ops
     assert fused.list_arguments() == sym.list_arguments()
     assert fused.list_auxiliary_states() == sym.list_auxiliary_states()
-    rng = np.random.RandomState(0)
-    params = training_params(sym, rng)
-    data, head = rng.uniform(0, 255, (8, 3, 112, 112)), rng.randn(8, 512)
-    # float64 through the standard-operator rewrite: the faithful graph's own slope gradients
-    # are wrong in MXNet 1.9.1 (in float64 too), the rewrite's match finite differences
-    exact = gradients(fastpath.optimize(sym, mode='train', kernels='graph'), params, data, head,
-                      'float64')
-    mxnet32 = gradients(sym, params, data, head, 'float32')
-    ours = gradients(fused, params, data, head, 'float32')
-    names = sorted(set(exact) - prelu_slopes(sym))  # (MXNet's float32 slope gradients are wrong)
+    return fused
 
-    def error(g):
-        ref = np.concatenate([exact[n].ravel() for n in names])
-        return np.linalg.norm(np.concatenate([g[n].ravel() for n in names]) - ref) / \
-            np.linalg.norm(ref)
-    assert error(ours) <= max(error(mxnet32), 1e-3)
-    assert error(ours) < 2e-2
-    for n in prelu_slopes(sym):   # slopes: against the exact gradients directly
-        assert np.linalg.norm(ours[n] - exact[n]) <= 2e-2 * np.linalg.norm(exact[n]) + 1e-6, n
+
+@needs_fused
+def test_fused_training_graph_has_the_faithful_gradients_in_float64():
+    """Whole VarGFaceNet, every fused operator, float64: the issue's bar (1e-4) exactly.
+
+    float64 and not float32 because PReLU's derivative jumps at 0: float32 rounding (1e-5 after
+    40 layers) puts a few pre-activations on the other side of 0 than exact arithmetic does, each
+    flip changes that element's gradient by (1 - slope), and BatchNorm spreads it over the whole
+    channel. Any two float32 implementations of this network (MXNet's own oneDNN and native
+    kernels included) therefore differ by 1e-3 to 1e-2, a different amount on every CPU and
+    parameter draw (docs/speed.md). In float64 no pre-activation flips, and what is left is the
+    mathematics.
+    """
+    sym = get_symbol('vargfacenet')
+    fused = fused_training_graph(sym)
+    params, data, head = whole_network_case(sym)
+    faithful, out_faithful = forward_backward(sym, params, data, head, 'float64')
+    rewrite, out_rewrite = forward_backward(
+        fastpath.optimize(sym, mode='train', kernels='graph'), params, data, head, 'float64')
+    ours, out_ours = forward_backward(fused, params, data, head, 'float64')
+    assert set(ours) == set(faithful)
+    # MXNet 1.9.1's float64 LeakyReLU(prelu) rounds through float32 (2e-8 relative per
+    # operator), so its float64 network is ~6e-7 off the exact one
+    np.testing.assert_allclose(out_ours, out_faithful, rtol=1e-5)
+    np.testing.assert_allclose(out_ours, out_rewrite, rtol=1e-12)
+    slopes = prelu_slopes(sym)
+    errors = relative_errors(ours, faithful, sorted(set(faithful) - slopes))
+    assert max(errors.values()) <= 1e-4, max(errors.items(), key=lambda kv: kv[1])
+    # slopes: MXNet's own slope gradients are wrong (test_rewrite_... checks the rewrite's
+    # against finite differences); the fused operators and the rewrite are two independent
+    # exact implementations and agree to float64 rounding on every gradient
+    errors = relative_errors(ours, rewrite, sorted(ours))
+    assert max(errors.values()) <= 1e-9, max(errors.items(), key=lambda kv: kv[1])
+
+
+@needs_fused
+def test_fused_training_graph_float32_matches_the_faithful_graph_without_kinks():
+    """float32, the precision training runs in: with every PReLU slope 1 there is no kink to
+    flip (see above), and the fused graph's gradients, as one vector, equal MXNet's float32
+    graph's within the issue's 1e-4 (measured 8e-6). The per-operator tests check the negative
+    branch with real slopes against float64 numpy.
+
+    One vector, not parameter by parameter: a BatchNorm shift whose gradient is a sum that
+    nearly cancels (e.g. 3% of the typical norm) carries float32 rounding of the size of its
+    terms, and MXNet's own float32 graph is 6e-4 off the exact value there.
+    """
+    sym = get_symbol('vargfacenet')
+    fused = fused_training_graph(sym)
+    params, data, head = whole_network_case(sym, slopes=(1.0, 1.0))
+    faithful, out_faithful = forward_backward(sym, params, data, head)
+    ours, out_ours = forward_backward(fused, params, data, head)
+    np.testing.assert_allclose(out_ours, out_faithful, rtol=1e-4)
+    names = sorted(set(faithful) - prelu_slopes(sym))
+    vector = lambda grads: np.concatenate([grads[n].ravel() for n in names])  # noqa: E731
+    error = np.linalg.norm(vector(ours) - vector(faithful)) / np.linalg.norm(vector(faithful))
+    assert error <= 1e-4
