@@ -129,19 +129,20 @@ MXReturnValue bn_parse(const std::unordered_map<std::string, std::string>& attrs
 MXReturnValue same_float_type(const char* op, std::vector<int>* in_types,
                               std::vector<int>* out_types) {
   int known = -1;
-  for (int t : *in_types) {
-    if (t == -1) continue;
-    if (t != kFloat32 && t != kFloat64) {
-      MX_ERROR_MSG << op << ": inputs must be float32 or float64";
-      return MX_FAIL;
+  for (const std::vector<int>* types : {in_types, out_types}) {
+    for (int t : *types) {
+      if (t == -1) continue;
+      if (t != kFloat32 && t != kFloat64) {
+        MX_ERROR_MSG << op << ": inputs must be float32 or float64";
+        return MX_FAIL;
+      }
+      if (known != -1 && t != known) {
+        MX_ERROR_MSG << op << ": all inputs must have the same type (float32 or float64)";
+        return MX_FAIL;
+      }
+      known = t;
     }
-    if (known != -1 && t != known) {
-      MX_ERROR_MSG << op << ": all inputs must have the same type (float32 or float64)";
-      return MX_FAIL;
-    }
-    known = t;
   }
-  if (known == -1 && !out_types->empty()) known = (*out_types)[0];
   if (known == -1) return MX_SUCCESS;
   for (int& t : *in_types) t = known;
   for (int& t : *out_types) t = known;
