@@ -88,8 +88,8 @@ def test_rewrite_keeps_parameters_outputs_and_gradients(name, kwargs, kernels):
     checked = sorted(wrong)[:1] + sorted(set(slopes) - set(wrong))[:1]
     for n in checked:
         numeric = finite_difference(sym, params, data, head, n, channels=2)
-        # (float32 slope gradients of this network are ~1% off the exact ones: see
-        # test_fused_training_graph_float32 below)
+        # (float32 gradients of this network are ~1% off the exact ones at these slopes: PReLU
+        # sign flips, see test_fused_training_graph_has_the_faithful_gradients_in_float64)
         np.testing.assert_allclose(grads_fast[n][:2], numeric, rtol=0.1, atol=1e-3)
 
 
