@@ -1,7 +1,8 @@
 """Install vargfacenet: maps the top-level folders onto one import namespace.
 
-``symbol/`` -> ``vargfacenet.symbol``, ``data/`` -> ``vargfacenet.data``, ``train/`` ->
-``vargfacenet.train``, ``eval/`` -> ``vargfacenet.eval``. ``vargfacenet`` itself is an implicit
+``symbol/`` -> ``vargfacenet.symbol``, ``runtime/`` -> ``vargfacenet.runtime``, ``data/`` ->
+``vargfacenet.data``, ``train/`` -> ``vargfacenet.train``, ``eval/`` -> ``vargfacenet.eval``,
+``deploy/`` -> ``vargfacenet.deploy``. ``vargfacenet`` itself is an implicit
 namespace package, so no ``vargfacenet/__init__.py`` exists. Editable installs need
 setuptools >= 64 (PEP 660), whose import finder honours ``package_dir``.
 """
@@ -9,9 +10,11 @@ from setuptools import setup
 
 PACKAGES = {
     'vargfacenet.symbol': 'symbol',
+    'vargfacenet.runtime': 'runtime',
     'vargfacenet.data': 'data',
     'vargfacenet.train': 'train',
     'vargfacenet.eval': 'eval',
+    'vargfacenet.deploy': 'deploy',
 }
 
 with open('requirements.txt') as f:
@@ -27,8 +30,8 @@ setup(
     python_requires='>=3.9,<3.12',
     packages=list(PACKAGES) + ['vargfacenet.train.configs'],
     package_dir=dict(PACKAGES, **{'vargfacenet.train.configs': 'train/configs'}),
-    # the fused CPU operators are compiled from this source on first use (symbol/fastops.py)
-    package_data={'vargfacenet.symbol': ['csrc/*.cc']},
+    # the fused CPU operators are compiled from this source on first use (runtime/fastops.py)
+    package_data={'vargfacenet.runtime': ['csrc/*.cc']},
     install_requires=REQUIREMENTS,
     # bench: the PyTorch column of bench/bench_speed.py (the CPU wheel; a bare 'torch' pulls a
     # multi-GB CUDA build)

@@ -1,36 +1,13 @@
 """Embeddings from an MXNet checkpoint: insightface's flip-sum, L2-normalised features."""
 import logging
-import os
 
-import mxnet as mx
-
-from vargfacenet.symbol import fastpath
 import numpy as np
 
+from vargfacenet.runtime import checkpoint
+from vargfacenet.runtime.inference import InferenceModule
+
 LOGGER = logging.getLogger(__name__)
-
-
-def parse_model_arg(spec):
-    """``'PREFIX,EPOCH'`` -> (prefix, epoch)."""
-    parts = str(spec).rsplit(',', 1)
-    if len(parts) != 2 or not parts[1].strip().isdigit():
-        raise ValueError('--model %r must be PREFIX,EPOCH (e.g. models/model,1)' % (spec,))
-    return parts[0], int(parts[1])
-
-
-def load_model(prefix, epoch, layer='fc1_output'):
-    """Load ``prefix-symbol.json`` + ``prefix-%04d.params`` and cut the graph at ``layer``."""
-    for path in ('%s-symbol.json' % prefix, '%s-%04d.params' % (prefix, epoch)):
-        if not os.path.isfile(path):
-            raise FileNotFoundError('%s not found (model %s,%d)' % (path, prefix, epoch))
-    sym, arg_params, aux_params = mx.model.load_checkpoint(prefix, epoch)
-    internals = sym.get_internals()
-    outputs = internals.list_outputs()
-    if layer not in outputs:
-        candidates = [o for o in outputs if o.endswith('_output')][-5:]
-        raise ValueError('layer %r is not in %s-symbol.json; last outputs there: %s'
-                         % (layer, prefix, ', '.join(candidates)))
-    return internals[layer], arg_params, aux_params
+CHUNK = 1024   # images decoded and embedded at a time when streaming a RecordIO set
 
 
 class Embedder:
@@ -44,33 +21,23 @@ class Embedder:
     ctx : Context
     batch_size : int
     fast : bool
-        Run the same mathematics through the fast CPU operators
-        (:func:`vargfacenet.symbol.fastpath.inference_graph`: fused operators, batches above 16
-        as tiles of 16; on VarGFaceNet ~2x the faithful graph, see docs/speed.md).
+        See :class:`vargfacenet.runtime.inference.InferenceModule`.
     """
 
-    def __init__(self, sym, arg_params, aux_params, ctx=mx.cpu(), batch_size=32, fast=True):
+    def __init__(self, sym, arg_params, aux_params, ctx=None, batch_size=32, fast=True,
+                 source='model'):
+        self.model = InferenceModule(sym, arg_params, aux_params, batch_size=batch_size, ctx=ctx,
+                                     fast=fast, source=source)
         self.batch_size = batch_size
-        if fast:
-            sym = fastpath.inference_graph(sym, ctx, batch_size)
-        self.module = mx.mod.Module(sym, data_names=['data'], label_names=None, context=ctx)
-        self.module.bind(data_shapes=[('data', (batch_size, 3, 112, 112))], for_training=False)
-        self.module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
 
-    def _run(self, images):
-        out = []
-        n = len(images)
-        for start in range(0, n, self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            count = len(chunk)
-            if count < self.batch_size:      # the module has a fixed batch: pad, then drop
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - count, 0)])
-            data = mx.nd.array(np.ascontiguousarray(chunk.transpose(0, 3, 1, 2)), dtype='float32')
-            self.module.forward(mx.io.DataBatch([data]), is_train=False)
-            out.append(self.module.get_outputs()[0].asnumpy()[:count])
-            if n > 20 * self.batch_size and (start // self.batch_size) % 20 == 0:
-                LOGGER.info('embedded %d/%d images', start + count, n)
-        return np.concatenate(out).reshape(n, -1)
+    @classmethod
+    def from_checkpoint(cls, spec, batch_size=32, ctx=None, layer=checkpoint.EMBEDDING_LAYER,
+                        fast=True):
+        """An embedder of checkpoint ``PREFIX,INDEX`` (or a (prefix, index) pair)."""
+        prefix, index = checkpoint.parse_model_spec(spec)
+        sym, arg, aux = checkpoint.load_embedding(prefix, index, layer)
+        return cls(sym, arg, aux, ctx=ctx, batch_size=batch_size, fast=fast,
+                   source='%s-%04d.params' % (prefix, index))
 
     def embed(self, images, flip=True):
         """Embeddings of ``images`` (N, H, W, 3) RGB uint8.
@@ -78,19 +45,34 @@ class Embedder:
         Returns
         -------
         dict
-            ``embeddings`` (N, D) L2-normalised (sum of the image's and its mirror's raw
-            embeddings when ``flip``), ``raw`` (N, D), ``raw_flip`` (N, D) or None.
+            ``embeddings`` (N, D) L2-normalised (the sum of the image's and its mirror's raw
+            embeddings when ``flip``, insightface's protocol), ``raw`` (N, D), ``raw_flip``
+            (N, D) or None.
         """
         images = np.asarray(images)
-        raw = self._run(images)
-        raw_flip = self._run(images[:, :, ::-1]) if flip else None
+        raw = self.model.run(images)
+        raw_flip = self.model.run(images, mirror=True) if flip else None
         total = raw + raw_flip if flip else raw
         norm = np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
         return dict(embeddings=(total / norm).astype(np.float32), raw=raw, raw_flip=raw_flip)
 
 
-def embedder_from_arg(spec, batch_size=32, ctx=mx.cpu(), layer='fc1_output'):
-    """An :class:`Embedder` from a ``PREFIX,EPOCH`` string."""
-    prefix, epoch = parse_model_arg(spec)
-    sym, arg, aux = load_model(prefix, epoch, layer)
-    return Embedder(sym, arg, aux, ctx=ctx, batch_size=batch_size)
+def embed_rec(embedder, rec_path, chunk=CHUNK):
+    """(embeddings, labels) of every image of a RecordIO set, flip-summed and L2-normalised.
+
+    Decodes and embeds ``chunk`` images at a time, so memory stays bounded by the chunk and the
+    (N, D) result, never by the decoded images of the whole set."""
+    from vargfacenet.data.recordio import FaceRecordReader
+    feats = []
+    with FaceRecordReader(rec_path) as reader:
+        keys = reader.image_keys
+        for start in range(0, len(keys), chunk):
+            images = np.stack([reader.read_image(int(k))[1] for k in keys[start:start + chunk]])
+            feats.append(embedder.embed(images)['embeddings'])
+            if len(keys) > chunk:
+                LOGGER.info('%s: %d/%d images', rec_path, min(start + chunk, len(keys)),
+                            len(keys))
+        labels = reader.labels()
+    if not feats:
+        raise ValueError('%s holds no images' % rec_path)
+    return np.concatenate(feats), labels

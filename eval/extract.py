@@ -1,6 +1,6 @@
 """Features in the LFR2019 challenge layout from a checkpoint.
 
-``python eval/extract.py --model PREFIX,EPOCH --rec DIR|--bin F.bin --out feats.bin`` writes
+``python eval/extract.py --model PREFIX,INDEX --rec DIR|--bin F.bin --out feats.bin`` writes
 L2-normalised, flip-summed float32 features (header ``rows, D, 4*D, 5``), in batches with progress
 logging; for ``--rec`` also ``<out>.labels.npy`` with the identity of every row.
 """
@@ -12,26 +12,12 @@ import numpy as np
 from vargfacenet.eval.features import write_features
 
 LOGGER = logging.getLogger(__name__)
-CHUNK = 1024   # images decoded and embedded at a time, so memory stays bounded
-
-
-def extract_rec(embedder, rec_path):
-    """(features, labels) of every image of a RecordIO set, streamed in chunks."""
-    from vargfacenet.data.recordio import FaceRecordReader
-    feats = []
-    with FaceRecordReader(rec_path) as reader:
-        keys = reader.image_keys
-        for start in range(0, len(keys), CHUNK):
-            images = np.stack([reader.read_image(int(k))[1] for k in keys[start:start + CHUNK]])
-            feats.append(embedder.embed(images)['embeddings'])
-            LOGGER.info('%d/%d images', min(start + CHUNK, len(keys)), len(keys))
-        labels = reader.labels()
-    return np.concatenate(feats), labels
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', required=True, help='checkpoint PREFIX,EPOCH')
+    parser.add_argument('--model', required=True, metavar='PREFIX,INDEX',
+                        help='checkpoint PREFIX-symbol.json + PREFIX-%%04d.params (INDEX)')
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--rec', help='RecordIO folder')
     source.add_argument('--bin', help='.bin verification pack')
@@ -39,10 +25,12 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=32, help='inference batch size')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
-    from vargfacenet.eval.embed import embedder_from_arg
-    embedder = embedder_from_arg(args.model, args.batch_size)
+    from vargfacenet.runtime import settings
+    settings.apply()
+    from vargfacenet.eval.embed import Embedder, embed_rec
+    embedder = Embedder.from_checkpoint(args.model, args.batch_size)
     if args.rec:
-        features, labels = extract_rec(embedder, args.rec)
+        features, labels = embed_rec(embedder, args.rec)
         from vargfacenet.data.atomic import atomic_path
         with atomic_path(args.out + '.labels.npy') as tmp:
             with open(tmp, 'wb') as f:

@@ -1,6 +1,6 @@
 """LFR2019 deepglint-light metric: TPR at fixed FPR over all pairs of a test set; plus 1:N.
 
-``python eval/lfr.py --model PREFIX,EPOCH --rec TEST_DIR [--fpr 1e-1,...,1e-8] [--json F]``
+``python eval/lfr.py --model PREFIX,INDEX --rec TEST_DIR [--fpr 1e-1,...,1e-8] [--json F]``
 (identities from the RecordIO labels) or ``--features F.bin --labels L.npy`` (features in the
 challenge layout, see ``eval/features.py``).
 """
@@ -66,12 +66,9 @@ def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='featu
 
 
 def evaluate_rec(embedder, rec_path, fprs=metrics.DEFAULT_FPRS):
-    """Embed every image of a RecordIO test set (flip-summed) and evaluate."""
-    from vargfacenet.data.recordio import FaceRecordReader
-    with FaceRecordReader(rec_path) as reader:
-        labels = reader.labels()
-        images = np.stack([reader.read_image(int(k))[1] for k in reader.image_keys])
-    features = embedder.embed(images, flip=True)['embeddings']
+    """Embed every image of a RecordIO test set (flip-summed, streamed in chunks) and evaluate."""
+    from vargfacenet.eval.embed import embed_rec
+    features, labels = embed_rec(embedder, rec_path)
     return evaluate_features(features, labels, fprs, source=rec_path)
 
 
@@ -105,7 +102,8 @@ def parse_fprs(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', help='checkpoint PREFIX,EPOCH')
+    parser.add_argument('--model', metavar='PREFIX,INDEX',
+                        help='checkpoint PREFIX-symbol.json + PREFIX-%%04d.params (INDEX)')
     parser.add_argument('--rec', help='RecordIO test folder')
     parser.add_argument('--features', help='challenge-layout feature file')
     parser.add_argument('--labels', help='identity labels .npy for --features')
@@ -126,8 +124,11 @@ def main(argv=None):
         result = evaluate_features(read_features(args.features), np.load(args.labels), fprs,
                                    source=args.features)
     elif args.model and args.rec:
-        from vargfacenet.eval.embed import embedder_from_arg
-        result = evaluate_rec(embedder_from_arg(args.model, args.batch_size), args.rec, fprs)
+        from vargfacenet.runtime import settings
+        settings.apply()
+        from vargfacenet.eval.evaluate import evaluate_checkpoint
+        result = evaluate_checkpoint(args.model, test_rec=args.rec, batch_size=args.batch_size,
+                                     fprs=fprs)['lfr']
     else:
         parser.error('give --model and --rec, or --features and --labels')
     print(format_rows(result))

@@ -1,20 +1,15 @@
 """Reports: our models beside the published VarGFaceNet rows, and a ROC plot.
 
 ``python eval/report.py RUN_DIR...`` reads every ``*-metrics.json`` in the run folders (written by
-the training drivers) and writes ``report.md`` and ``roc.png`` into the first folder.
-
-``*-metrics.json`` schema: ``name``, ``prefix``, ``index``, ``steps``, ``network``, ``dataset``
-(``'synthetic'`` or ``'user'``: the data every number was measured on), ``verification``
-(``{pack: {accuracy_flip_mean, accuracy_flip_std, ...}}``, see ``eval/verification.py``) and
-optionally ``lfr`` (see ``eval/lfr.py``: ``tpr_at_fpr`` rows, ``roc``).
+the training drivers; schema in :mod:`vargfacenet.eval.evaluate`) and writes ``report.md`` and
+``roc.png`` into the first folder.
 """
 import argparse
-import glob
-import json
 import logging
 import os
 
 from vargfacenet.data.atomic import atomic_open, atomic_path
+from vargfacenet.eval.evaluate import load_metrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -113,19 +108,6 @@ def write_report(results, out_dir, title='VarGFaceNet results'):
     return dict(markdown=md_path, roc=png_path, text=text)
 
 
-def load_results(run_dirs):
-    """Every ``*-metrics.json`` of the given run folders, in name order."""
-    results = []
-    for run_dir in run_dirs:
-        paths = sorted(glob.glob(os.path.join(run_dir, '*-metrics.json')))
-        if not paths:
-            raise FileNotFoundError('%s holds no *-metrics.json (is it a run folder?)' % run_dir)
-        for path in paths:
-            with open(path) as f:
-                results.append(json.load(f))
-    return results
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('run_dirs', nargs='+', help='run folders with *-metrics.json files')
@@ -133,7 +115,7 @@ def main(argv=None):
     parser.add_argument('--title', default='VarGFaceNet results', help='report title')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    paths = write_report(load_results(args.run_dirs), args.out or args.run_dirs[0], args.title)
+    paths = write_report(load_metrics(args.run_dirs), args.out or args.run_dirs[0], args.title)
     print(paths['text'])
     LOGGER.info('wrote %s and %s', paths['markdown'], paths['roc'])
 

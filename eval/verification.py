@@ -1,6 +1,6 @@
 """Verification accuracy on ``.bin`` packs (LFW / CFP-FP / AgeDB-30 protocol).
 
-``python eval/verification.py --model PREFIX,EPOCH --data lfw.bin,cfp_fp.bin [--json out.json]``
+``python eval/verification.py --model PREFIX,INDEX --data lfw.bin,cfp_fp.bin [--json out.json]``
 or, for features from any framework, ``--embeddings E.npy --issame I.npy`` (E: 2P x D, rows 2k and
 2k+1 are pair k; I: P booleans).
 
@@ -9,7 +9,6 @@ flip, XNorm (mean L2 norm of the raw embeddings), AUC, EER and the median best t
 """
 import argparse
 import logging
-import os
 
 import numpy as np
 
@@ -34,12 +33,13 @@ def evaluate_embeddings(embeddings, issame):
 def evaluate_bin(embedder, bin_path):
     """All verification figures of one pack for an :class:`~vargfacenet.eval.embed.Embedder`."""
     from vargfacenet.data.binpack import load_bin
+    from vargfacenet.eval.evaluate import pack_name
     images, issame = load_bin(bin_path)
     out = embedder.embed(images, flip=True)
     flip = evaluate_embeddings(out['embeddings'], issame)
     noflip = evaluate_embeddings(out['raw'], issame)
     xnorm = float(np.mean(np.linalg.norm(np.concatenate([out['raw'], out['raw_flip']]), axis=1)))
-    return dict(name=os.path.splitext(os.path.basename(bin_path))[0],
+    return dict(name=pack_name(bin_path),
                 accuracy_flip_mean=flip['accuracy_mean'], accuracy_flip_std=flip['accuracy_std'],
                 accuracy_noflip_mean=noflip['accuracy_mean'],
                 accuracy_noflip_std=noflip['accuracy_std'], xnorm=xnorm, auc=flip['auc'],
@@ -49,7 +49,8 @@ def evaluate_bin(embedder, bin_path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', help='checkpoint PREFIX,EPOCH')
+    parser.add_argument('--model', metavar='PREFIX,INDEX',
+                        help='checkpoint PREFIX-symbol.json + PREFIX-%%04d.params (INDEX)')
     parser.add_argument('--data', help='comma-separated .bin packs')
     parser.add_argument('--embeddings', help='precomputed embeddings .npy (2P x D)')
     parser.add_argument('--issame', help='pair labels .npy (P booleans), with --embeddings')
@@ -69,10 +70,12 @@ def main(argv=None):
             parser.error('%s contains NaN or inf values' % args.embeddings)
         results['embeddings'] = evaluate_embeddings(emb, issame)
     elif args.model and args.data:
-        from vargfacenet.eval.embed import embedder_from_arg
-        embedder = embedder_from_arg(args.model, args.batch_size)
-        for path in args.data.split(','):
-            results[os.path.splitext(os.path.basename(path))[0]] = evaluate_bin(embedder, path)
+        from vargfacenet.runtime import settings
+        settings.apply()
+        from vargfacenet.eval.evaluate import evaluate_checkpoint
+        packs = [p for p in args.data.split(',') if p]
+        results = evaluate_checkpoint(args.model, packs, batch_size=args.batch_size)[
+            'verification']
     else:
         parser.error('give --model and --data, or --embeddings and --issame')
     for name, r in results.items():

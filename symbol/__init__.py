@@ -5,17 +5,13 @@ Every network outputs ``fc1_output`` for ``data`` of shape (N, 3, 112, 112), raw
 
 >>> from vargfacenet.symbol import get_symbol, list_networks
 >>> sym = get_symbol('vargfacenet', variant='insightface')
+
+This package only builds graphs: it imports mxnet and nothing else of the project, and changes
+no process setting (those are :mod:`vargfacenet.runtime.settings`, applied by entry points).
 """
-# MXNet reads some settings only when it loads (its OpenMP thread count, a oneDNN fusion that
-# crashes these networks): they are made here, before the first `import mxnet` (every vargfacenet
-# package imports this one first). See mxnet_setup.py.
-from vargfacenet.symbol import mxnet_setup
+import inspect
 
-mxnet_setup.apply()
-
-import inspect  # noqa: E402
-
-from vargfacenet.symbol import fresnet, mobilefacenet, vargface  # noqa: E402
+from vargfacenet.symbol import fresnet, mobilefacenet, vargface
 
 # name -> (builder, fixed keyword arguments, one-line description)
 _NETWORKS = {

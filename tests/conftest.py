@@ -1,2 +1,5 @@
-"""Test settings: vargfacenet.symbol sets MXNet's environment before mxnet loads."""
-import vargfacenet.symbol  # noqa: F401
+"""Test entry point: MXNet's process settings, applied before any test module imports mxnet
+(as every command-line script does)."""
+from vargfacenet.runtime import settings
+
+settings.apply()

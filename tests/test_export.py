@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from vargfacenet.symbol import get_symbol
-from vargfacenet.symbol.onnx_export import compare_with_mxnet, export_onnx
+from vargfacenet.deploy.onnx_export import compare_with_mxnet, export_onnx
 
 
 def random_model(name, seed=0):

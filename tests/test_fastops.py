@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vargfacenet.symbol import fastops
+from vargfacenet.runtime import fastops
 
 
 def test_operators_build_wherever_a_compiler_is_installed():
@@ -17,11 +17,11 @@ def test_operators_build_wherever_a_compiler_is_installed():
         pytest.skip('no C++ compiler on this machine')
     if os.environ.get('VARGFACENET_OPS') == '0':
         pytest.skip('VARGFACENET_OPS=0 disables the operators')
-    assert fastops.available(), fastops._state['error']
+    assert fastops.load() is not None, fastops.unavailable_reason()
 
 
 def test_build_failure_names_the_compiler_error_and_keeps_the_cached_library(monkeypatch):
-    if not fastops.available():
+    if fastops.load() is None:
         pytest.skip('no working build to keep')
     cached = fastops.build()
     before = os.path.getmtime(cached)
@@ -36,7 +36,8 @@ def test_build_failure_names_the_compiler_error_and_keeps_the_cached_library(mon
 def test_disabled_operators_fall_back_to_standard_operators():
     code = r'''
 import json
-from vargfacenet.symbol import fastpath, fastops, get_symbol
+from vargfacenet.runtime import fastpath, fastops
+from vargfacenet.symbol import get_symbol
 sym = get_symbol('mobilefacenet')
 auto = fastpath.optimize(sym, mode='train')
 ops = {n['op'] for n in json.loads(auto.tojson())['nodes']}
@@ -45,7 +46,7 @@ try:
     raised = ''
 except RuntimeError as exc:
     raised = str(exc)
-print(json.dumps(dict(available=fastops.available(), ops=sorted(ops), raised=raised)))
+print(json.dumps(dict(available=fastops.is_loaded(), ops=sorted(ops), raised=raised)))
 '''
     env = dict(os.environ, VARGFACENET_OPS='0')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
@@ -56,3 +57,24 @@ print(json.dumps(dict(available=fastops.available(), ops=sorted(ops), raised=rai
     assert not any(op.startswith('vfn_') for op in result['ops'])
     assert 'LeakyReLU' not in result['ops'] and 'BatchNorm' in result['ops']
     assert 'VARGFACENET_OPS=0' in result['raised']
+
+
+def test_library_is_built_into_the_cache_folder_never_the_source_tree(tmp_path, monkeypatch,
+                                                                      caplog):
+    if not (os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')):
+        pytest.skip('no C++ compiler on this machine')
+    monkeypatch.setenv('VARGFACENET_CACHE', str(tmp_path / 'cache'))
+    source_tree = os.path.dirname(fastops.SOURCE)
+    before = set(os.listdir(source_tree))
+    with caplog.at_level('INFO', logger='vargfacenet.runtime.fastops'):
+        path = fastops.build()
+    assert os.path.dirname(path) == str(tmp_path / 'cache')
+    assert os.path.basename(path).startswith('libvfn_ops-') and os.path.getsize(path) > 10000
+    assert set(os.listdir(source_tree)) == before
+    # exactly one line says that it builds and where
+    lines = [r.getMessage() for r in caplog.records if 'building' in r.getMessage()]
+    assert len(lines) == 1 and path in lines[0]
+    caplog.clear()
+    with caplog.at_level('INFO', logger='vargfacenet.runtime.fastops'):
+        assert fastops.build() == path          # cached: not built again
+    assert not [r for r in caplog.records if 'building' in r.getMessage()]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vargfacenet.symbol import get_symbol, list_networks
-from vargfacenet.train.checkpoint import save_embedding
+from vargfacenet.runtime.checkpoint import save_embedding
 
 EMB = {'vargfacenet': 512, 'r18': 512, 'r34': 512, 'r50': 512, 'r100': 512, 'mobilefacenet': 128}
 

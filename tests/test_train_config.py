@@ -13,14 +13,14 @@ from vargfacenet.train.loop import make_lr_scheduler
 
 
 def test_presets_merge_over_base_and_reject_unknown_keys(tmp_path):
-    assert {'embedded', 'embedded_teacher', 'tiny'} <= set(list_presets())
-    cfg = load_config('tiny', ['optimizer.lr=0.05', {'kd': {'alpha': 3.0}}])
+    assert {'embedded', 'embedded_teacher', 'smoke'} <= set(list_presets())
+    cfg = load_config('smoke', ['optimizer.lr=0.05', {'kd': {'alpha': 3.0}}])
     assert cfg.train.batch_size == 4                 # from the preset
     assert cfg.optimizer.lr == 0.05                  # from an override string
     assert cfg.kd.alpha == 3.0 and cfg.kd.form == 'l2'   # dict override, base default kept
     assert cfg.loss.s == 64.0 and cfg.optimizer.momentum == 0.9
     with pytest.raises(ConfigError, match='optimizer.learning_rate'):
-        load_config('tiny', ['optimizer.learning_rate=0.1'])
+        load_config('smoke', ['optimizer.learning_rate=0.1'])
     with pytest.raises(ConfigError, match='kd.form'):
         load_config(None, ['kd.form=cosine'])
     with pytest.raises(ConfigError, match='available presets'):
@@ -72,7 +72,7 @@ def test_kd_loss_matches_numpy(form):
 
 
 def test_training_graph_and_projection_error():
-    cfg = load_config('tiny')
+    cfg = load_config('smoke')
     student = get_symbol('mobilefacenet')      # 128-d
     sym, names = build_training_symbol(student, 10, cfg.loss, cfg.kd, teacher_dim=128)
     assert names == ['data', 'teacher_emb']

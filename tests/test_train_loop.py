@@ -9,7 +9,7 @@ import pytest
 
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train import pipeline
-from vargfacenet.train.checkpoint import checkpoint_indices, save_embedding
+from vargfacenet.runtime.checkpoint import checkpoint_indices, save_embedding
 from vargfacenet.train.config import load_config
 from vargfacenet.train.distill import FrozenTeacher
 from vargfacenet.train.loop import NonFiniteLossError
@@ -21,13 +21,13 @@ SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_s
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic')
-    cfg = load_config('tiny', [{'data': {'synthetic_root': str(root)}}])
+    cfg = load_config('smoke', [{'data': {'synthetic_root': str(root)}}])
     pipeline.resolve_data(cfg)
     return dict(train=cfg.data.train, val=list(cfg.data.val), test=cfg.data.test)
 
 
 def tiny_cfg(data, *overrides):
-    return load_config('tiny', [SMALL, {'data': dict(data)}] + list(overrides))
+    return load_config('smoke', [SMALL, {'data': dict(data)}] + list(overrides))
 
 
 def random_teacher(tmp_path, emb_size=64):

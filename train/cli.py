@@ -39,14 +39,16 @@ def add_kd_arguments(parser):
     parser.add_argument('--recursive', type=int, default=2,
                         help='number of distillation generations (1 = plain KD)')
     parser.add_argument('--teacher', default=None,
-                        help='teacher checkpoint PREFIX,EPOCH; default: train one with '
+                        metavar='PREFIX,INDEX',
+                        help='teacher checkpoint (PREFIX-symbol.json + PREFIX-%%04d.params); '
+                             'default: train one with '
                              '--teacher-preset')
     parser.add_argument('--teacher-layer', default=None,
                         help='teacher output read as the embedding (default fc1_output)')
     parser.add_argument('--teacher-preset', default='embedded_teacher',
                         help='config preset used to train a teacher when --teacher is not given')
-    parser.add_argument('--init', default=None,
-                        help='PREFIX,EPOCH to start generation 1 (and the baseline) from; '
+    parser.add_argument('--init', default=None, metavar='PREFIX,INDEX',
+                        help='checkpoint to start generation 1 (and the baseline) from; '
                              'default random initialisation')
     parser.add_argument('--alpha', type=float, default=None, help='KD weight (paper: 7)')
     parser.add_argument('--kd-form', default=None, choices=('l2', 'angular'),

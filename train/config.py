@@ -1,7 +1,7 @@
 """Training configuration as data: a base, a preset merged over it, then command-line overrides.
 
 Presets are Python files defining ``CONFIG`` (a nested dict with a subset of the base's keys),
-named by file stem under ``train/configs/`` (``embedded``, ``tiny``) or given as a path. They are
+named by file stem under ``train/configs/`` (``embedded``, ``smoke``) or given as a path. They are
 imported as modules, never ``exec``-ed into a namespace. Unknown keys are errors, so a typo cannot
 silently fall back to a default.
 """

@@ -16,7 +16,8 @@ import mxnet as mx
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_path
-from vargfacenet.symbol import fastpath
+from vargfacenet.runtime import checkpoint
+from vargfacenet.runtime.inference import InferenceModule, embedding_dim
 from vargfacenet.symbol.margin import margin_logits
 
 LOGGER = logging.getLogger(__name__)
@@ -24,14 +25,9 @@ TEACHER_INPUT = 'teacher_emb'
 LABEL = 'softmax_label'
 
 
-def embedding_dim(sym, data_shape=(1, 3, 112, 112)):
-    """Output dimension of an embedding symbol."""
-    _, out_shapes, _ = sym.infer_shape(data=data_shape)
-    return int(np.prod(out_shapes[0][1:]))
-
-
 def kd_loss_symbol(student, teacher, form='l2'):
-    """Per-batch distillation loss (mean over the batch), before the alpha weight."""
+    """The distillation distance L_s (mean over the batch), unweighted: the training graph
+    applies alpha as the gradient scale of its ``MakeLoss``."""
     s = mx.sym.L2Normalization(student, mode='instance')
     t = mx.sym.L2Normalization(teacher, mode='instance')
     if form == 'l2':
@@ -85,8 +81,10 @@ def build_training_symbol(embedding_sym, num_classes, loss_cfg, kd_cfg=None, tea
             student = mx.sym.FullyConnected(student, num_hidden=teacher_dim, no_bias=True,
                                             name='kd_proj')
         teacher = mx.sym.Variable(TEACHER_INPUT)
-        kd = kd_loss_symbol(student, teacher, kd_cfg['form']) * float(kd_cfg['alpha'])
-        outputs.append(mx.sym.MakeLoss(kd, name='kd_loss'))
+        kd = kd_loss_symbol(student, teacher, kd_cfg['form'])
+        # the output is L_s itself (what the loop logs as 'kd'); alpha scales its gradient,
+        # so the optimised loss is L_margin + alpha * L_s
+        outputs.append(mx.sym.MakeLoss(kd, grad_scale=float(kd_cfg['alpha']), name='kd_loss'))
         data_names.append(TEACHER_INPUT)
     outputs.append(mx.sym.BlockGrad(embedding_sym, name='embedding'))
     return mx.sym.Group(outputs), data_names
@@ -110,38 +108,32 @@ class FrozenTeacher:
     ctx : Context or list of Context
     """
 
-    def __init__(self, sym, arg_params, aux_params, batch_size, ctx=mx.cpu(), fast=True):
-        self.sym = sym
-        self.dim = embedding_dim(sym)
-        self.batch_size = batch_size
-        run = fastpath.inference_graph(sym, ctx, batch_size) if fast else sym
-        self.module = mx.mod.Module(run, data_names=['data'], label_names=None, context=ctx)
-        self.module.bind(data_shapes=[('data', (batch_size, 3, 112, 112))], for_training=False)
-        needed = set(sym.list_arguments()) - {'data'}
-        missing = sorted(needed - set(arg_params))
-        if missing:
-            raise ValueError('teacher checkpoint lacks %d parameters of its graph, e.g. %s'
-                             % (len(missing), ', '.join(missing[:3])))
-        self.module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
+    def __init__(self, sym, arg_params, aux_params, batch_size, ctx=None, fast=True,
+                 source='teacher checkpoint'):
+        self.model = InferenceModule(sym, arg_params, aux_params, batch_size=batch_size, ctx=ctx,
+                                     fast=fast, source=source)
+        self.sym, self.dim, self.batch_size = sym, self.model.dim, batch_size
+
+    @property
+    def module(self):
+        """The bound MXNet module (``for_training=False``: it holds no gradient arrays)."""
+        return self.model.module
 
     @classmethod
-    def load(cls, prefix, epoch, layer='fc1_output', batch_size=32, ctx=mx.cpu()):
+    def load(cls, prefix, index, layer=checkpoint.EMBEDDING_LAYER, batch_size=32, ctx=None):
         """Load ``prefix-symbol.json`` / ``prefix-%04d.params`` and cut at ``layer``."""
-        from vargfacenet.eval.embed import load_model
-        sym, arg_params, aux_params = load_model(prefix, epoch, layer=layer)
-        LOGGER.info('teacher %s,%d layer %s', prefix, epoch, layer)
-        return cls(sym, arg_params, aux_params, batch_size, ctx)
+        sym, arg_params, aux_params = checkpoint.load_embedding(prefix, index, layer=layer)
+        LOGGER.info('teacher %s,%d layer %s', prefix, index, layer)
+        return cls(sym, arg_params, aux_params, batch_size, ctx,
+                   source='teacher %s' % checkpoint.params_path(prefix, index))
 
     def embed(self, data):
         """Embeddings (NDArray, (B, dim)) of a raw 0..255 batch, BatchNorm in inference mode."""
-        self.module.forward(mx.io.DataBatch(data=[data]), is_train=False)
-        return self.module.get_outputs()[0].copy()
+        return self.model.forward(data)
 
     def param_arrays(self):
         """Copies of the teacher's current parameters (for checking they never change)."""
-        arg, aux = self.module.get_params()
-        return {**{k: v.asnumpy() for k, v in arg.items()},
-                **{k: v.asnumpy() for k, v in aux.items()}}
+        return self.model.param_arrays()
 
 
 class TeacherCache:
@@ -170,19 +162,14 @@ class TeacherCache:
         """Run the teacher over every image of a :class:`FaceRecordReader`, plain and mirrored."""
         keys = np.asarray(reader.image_keys, np.int64)
         out = np.zeros((len(keys), 2, teacher.dim), np.float32)
-        bs = teacher.batch_size
-        for start in range(0, len(keys), bs):
-            chunk = keys[start:start + bs]
+        step = 1024     # decoded images held at a time
+        for start in range(0, len(keys), step):
+            chunk = keys[start:start + step]
             images = np.stack([reader.read_image(int(k))[1] for k in chunk])
-            if len(chunk) < bs:   # the module is bound for a fixed batch: pad with copies
-                images = np.concatenate([images, np.repeat(images[-1:], bs - len(chunk), 0)])
-            batch = images.transpose(0, 3, 1, 2).astype(np.float32)
-            out[start:start + len(chunk), 0] = teacher.embed(mx.nd.array(batch)).asnumpy()[
-                :len(chunk)]
-            out[start:start + len(chunk), 1] = teacher.embed(
-                mx.nd.array(batch[:, :, :, ::-1].copy())).asnumpy()[:len(chunk)]
-            if start // bs % 20 == 0:
-                LOGGER.info('teacher cache: %d/%d images', start + len(chunk), len(keys))
+            out[start:start + len(chunk), 0] = teacher.model.run(images, progress_every=0)
+            out[start:start + len(chunk), 1] = teacher.model.run(images, mirror=True,
+                                                                 progress_every=0)
+            LOGGER.info('teacher cache: %d/%d images', start + len(chunk), len(keys))
         cache = cls(keys, out)
         if path:
             cache.save(path)

@@ -14,8 +14,8 @@ import warnings
 import mxnet as mx
 import numpy as np
 
-from vargfacenet.data.atomic import write_json
-from vargfacenet.train import checkpoint as ckpt
+from vargfacenet.runtime import checkpoint as ckpt
+from vargfacenet.runtime import fastops, fastpath, settings
 from vargfacenet.train.distill import LABEL, TEACHER_INPUT, build_training_symbol, margin_ce
 
 LOGGER = logging.getLogger(__name__)
@@ -272,6 +272,7 @@ class Run:
                  teacher_cache=None, init=None, tag=''):
         self.cfg, self.embedding_sym, self.train_iter = cfg, embedding_sym, train_iter
         self.prefix, self.teacher, self.teacher_cache, self.tag = prefix, teacher, teacher_cache, tag
+        settings.check()
         self.contexts = parse_contexts(cfg.train.ctx)
         self.state = TrainState()
         self.is_best = False
@@ -294,8 +295,11 @@ class Run:
             data_shapes.append((TEACHER_INPUT, (self.batch_size, teacher_dim)))
         self.module.bind(data_shapes=data_shapes,
                          label_shapes=[(LABEL, (self.batch_size,))], for_training=True)
+        self.alpha = float(kd_cfg['alpha']) if kd_cfg is not None else 0.0
+        # MXNet's RNG drives initialisation and Dropout (the LResNet heads). Its state cannot
+        # be saved, so it is reseeded from (seed, step) at every checkpoint (see save/restore):
+        # a resumed run draws exactly what the uninterrupted one drew.
         mx.random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
         arg, aux = init if init is not None else (None, None)
         if arg is not None:
             known = set(self.train_sym.list_arguments())
@@ -307,9 +311,8 @@ class Run:
     def _fast(self, sym, input_shapes):
         if not self.cfg.train.fast_path:
             return sym
-        from vargfacenet.symbol import fastops, fastpath
         for_gpu = any(c.device_type == 'gpu' for c in self.contexts)
-        if not for_gpu and not fastops.available() and \
+        if not for_gpu and not fastops.load() and \
                 os.environ.get('MXNET_MKLDNN_ENABLED', '1') != '0':
             LOGGER.warning('fused CPU operators unavailable: training uses the standard-operator '
                            'rewrite, which is about 2x faster with MXNET_MKLDNN_ENABLED=0 '
@@ -354,10 +357,16 @@ class Run:
             if os.path.exists(tmp):
                 os.remove(tmp)
         progress = self.state.as_dict()
-        progress['numpy_rng'] = np.random.get_state()
+        progress['rng_seed'] = self._reseed()
         ckpt.save_state(self.prefix, index, extra, opt_states, progress)
         LOGGER.info('%scheckpoint %s-%04d.params (step %d)', self.tag, self.prefix, index,
                     self.state.step)
+
+    def _reseed(self):
+        """Reseed MXNet's RNG from (seed, step); returns the seed (saved with the state)."""
+        seed = (int(self.cfg.train.seed) * 1000003 + self.state.step) % (2 ** 31)
+        mx.random.seed(seed)
+        return seed
 
     def restore(self, index):
         """Load checkpoint ``index`` (params + state) to continue exactly where it was."""
@@ -366,8 +375,13 @@ class Run:
         arg.update(payload['extra'])
         self.module.set_params(arg, aux, allow_missing=False, allow_extra=True)
         progress = dict(payload['progress'])
-        np.random.set_state(progress.pop('numpy_rng'))
+        saved_seed = progress.pop('rng_seed')
         self.state = TrainState(**progress)
+        if self._reseed() != saved_seed:
+            raise ValueError('%s: its RNG seed %d does not follow from train.seed=%d at step %d: '
+                             'resume with the config the run was started with'
+                             % (ckpt.state_path(self.prefix, index), saved_seed,
+                                self.cfg.train.seed, self.state.step))
         self.init_optimizer(begin_step=self.state.step)
         tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
         try:
@@ -382,17 +396,14 @@ class Run:
 
     # -- work ----------------------------------------------------------------------------
     def verify(self, packs, batch_size):
+        """Verification figures of the current parameters on ``packs`` ({pack name: figures})."""
         from vargfacenet.eval.embed import Embedder
-        from vargfacenet.eval.verification import evaluate_bin
+        from vargfacenet.eval.evaluate import evaluate_embedder
         arg, aux = self.current_params()
         dep_arg, dep_aux, _ = ckpt.split_params(self.embedding_sym, arg, aux)
         embedder = Embedder(self.embedding_sym, dep_arg, dep_aux, ctx=self.contexts[0],
                             batch_size=batch_size)
-        results = {}
-        for pack in packs:
-            name = os.path.splitext(os.path.basename(pack))[0]
-            results[name] = evaluate_bin(embedder, pack)
-        return results
+        return evaluate_embedder(embedder, packs)['verification']
 
     def _teacher_embeddings(self, batch):
         if self.teacher_cache is not None:
@@ -422,8 +433,9 @@ class Run:
         outputs = self.module.get_outputs()
         losses = {'ce': margin_ce(outputs[0].asnumpy(), batch.label[0].asnumpy())}
         if TEACHER_INPUT in self.data_names:
+            # 'kd' is the distance L_s itself; the optimised total weights it by alpha
             losses['kd'] = float(outputs[1].asnumpy().mean())
-            losses['total'] = losses['ce'] + losses['kd']
+            losses['total'] = losses['ce'] + self.alpha * losses['kd']
         return losses
 
 
@@ -478,8 +490,3 @@ def fit(run, max_steps, callbacks, resume_index=None, stop_check=None):
         for callback in callbacks:
             callback(run, final=state.step >= max_steps)
     return state
-
-
-def write_metrics(path, **fields):
-    """metrics.json beside the checkpoints (see eval/report.py for the schema)."""
-    write_json(path, fields)

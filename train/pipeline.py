@@ -1,16 +1,16 @@
-"""Whole jobs built from the loop: one training run, evaluation of a checkpoint, recursive KD.
+"""Whole jobs built from the loop: one training run, recursive KD, evaluation of the results.
 
 These are what the command-line scripts call (``train/train.py``, ``train/train_kd.py``).
 """
+import json
 import logging
 import os
 import time
 
-import mxnet as mx
-
 from vargfacenet.data.atomic import write_json
+from vargfacenet.eval.evaluate import evaluate_checkpoint, metrics_record, write_metrics
+from vargfacenet.runtime import checkpoint as ckpt
 from vargfacenet.symbol import get_symbol
-from vargfacenet.train import checkpoint as ckpt
 from vargfacenet.train.config import save_config
 from vargfacenet.train.loop import (Checkpointer, ProgressLogger, Run, Verifier, fit,
                                     parse_contexts)
@@ -55,12 +55,6 @@ def make_train_iter(cfg, seed_offset=0):
                          skip_bad=cfg.data.skip_bad)
 
 
-def latest_resumable(prefix):
-    """Highest checkpoint index of ``prefix`` that has a training state, or None."""
-    found = ckpt.checkpoint_indices(prefix, with_state=True)
-    return found[-1] if found else None
-
-
 def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init=None,
               resume=False, stop_check=None, tag=''):
     """Train one network (from scratch, from ``init``, or distilled from ``teacher``).
@@ -73,16 +67,17 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     """
     os.makedirs(run_dir, exist_ok=True)
     prefix = os.path.join(run_dir, name)
-    save_config(cfg, os.path.join(run_dir, '%s-config.json' % name))
-    embedding_sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
-    train_iter = make_train_iter(cfg)
-    num_classes = train_iter.num_classes
-    resume_index = latest_resumable(prefix) if resume else None
+    # refuse before writing anything: the config file beside a run is its record
+    resume_index = ckpt.latest_checkpoint(prefix, with_state=True) if resume else None
     if resume and resume_index is None:
         LOGGER.info('%sno checkpoint with training state under %s: starting fresh', tag, prefix)
     if resume_index is None and ckpt.checkpoint_indices(prefix):
         raise FileExistsError('%s already holds checkpoints of %r; pass --resume to continue '
                               'them or choose another --run-dir' % (run_dir, name))
+    embedding_sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
+    train_iter = make_train_iter(cfg)
+    num_classes = train_iter.num_classes
+    save_config(cfg, config_path(run_dir, name))
     run = Run(cfg, embedding_sym, train_iter, num_classes, prefix, teacher=teacher,
               teacher_cache=teacher_cache, init=None if resume_index else init, tag=tag)
     callbacks = [ProgressLogger(cfg.log.every, cfg.schedule.max_steps, run.batch_size, tag),
@@ -100,54 +95,14 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     return summary
 
 
-def load_init(spec):
-    """``'PREFIX,EPOCH'`` -> (arg_params, aux_params), adding the head from a ``.state`` file
-    beside it when there is one (so a student keeps its fc7 across generations)."""
-    prefix, epoch = parse_model_spec(spec)
-    _, arg, aux = ckpt.load_embedding(prefix, epoch)
-    state_path = '%s-%04d.state' % (prefix, epoch)
-    if os.path.isfile(state_path):
-        arg.update(ckpt.load_state(prefix, epoch)['extra'])
-    return arg, aux
-
-
-def parse_model_spec(spec):
-    """``'PREFIX,EPOCH'`` or a (prefix, epoch) pair -> (prefix, int epoch)."""
-    if isinstance(spec, (tuple, list)):
-        return spec[0], int(spec[1])
-    from vargfacenet.eval.embed import parse_model_arg
-    return parse_model_arg(spec)
-
-
-def evaluate_checkpoint(prefix, index, packs, test_rec=None, batch_size=32, ctx=mx.cpu()):
-    """Verification accuracy per pack and (optionally) LFR TPR@FPR of one checkpoint."""
-    from vargfacenet.eval.embed import Embedder
-    from vargfacenet.eval.verification import evaluate_bin
-    sym, arg, aux = ckpt.load_embedding(prefix, index)
-    embedder = Embedder(sym.get_internals()['fc1_output'], arg, aux, ctx=ctx,
-                        batch_size=batch_size)
-    out = {'verification': {}}
-    for pack in packs:
-        name = os.path.splitext(os.path.basename(pack))[0]
-        out['verification'][name] = evaluate_bin(embedder, pack)
-    if test_rec:
-        from vargfacenet.eval.lfr import evaluate_rec
-        out['lfr'] = evaluate_rec(embedder, test_rec)
-    return out
-
-
-def find_checkpoint(prefix):
-    """The last checkpoint index saved under ``prefix``, or None."""
-    found = ckpt.checkpoint_indices(prefix)
-    return found[-1] if found else None
-
+def config_path(run_dir, name):
+    return os.path.join(run_dir, '%s-config.json' % name)
 
 
 def _same_config(run_dir, name, cfg):
-    path = os.path.join(run_dir, '%s-config.json' % name)
+    path = config_path(run_dir, name)
     if not os.path.isfile(path):
         return False
-    import json
     with open(path) as f:
         return json.load(f) == json.loads(json.dumps(cfg))
 
@@ -157,10 +112,10 @@ def train_or_reuse(cfg, run_dir, name, tag='', **kwargs):
     one, otherwise train. A run with another config under the same name is an error."""
     done = os.path.join(run_dir, '%s-train.json' % name)
     if os.path.isfile(done) and _same_config(run_dir, name, cfg):
-        import json
         with open(done) as f:
             summary = json.load(f)
-        if summary.get('steps') == cfg.schedule.max_steps and find_checkpoint(summary['prefix']):
+        if summary.get('steps') == cfg.schedule.max_steps and \
+                ckpt.latest_checkpoint(summary['prefix']) is not None:
             LOGGER.info('%sreusing finished run %s (%d steps)', tag, summary['prefix'],
                         summary['steps'])
             return summary
@@ -201,7 +156,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         teacher_spec = (summary['prefix'], summary['index'])
         models.append(dict(summary, name='teacher (%s)' % teacher_cfg.network.name))
     else:
-        teacher_spec = parse_model_spec(teacher_spec)
+        teacher_spec = ckpt.parse_model_spec(teacher_spec)
         models.append(dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1]))
     ctx = parse_contexts(cfg.train.ctx)
     teacher = FrozenTeacher.load(teacher_spec[0], teacher_spec[1], layer=cfg.kd.teacher_layer,
@@ -217,31 +172,32 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
                 cache = TeacherCache.build(teacher, reader, path)
     if baseline:
         summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
-                                 init=load_init(init) if init else None)
+                                 init=ckpt.load_init(init) if init else None)
         models.append(dict(summary, name='from scratch'))
-    previous = load_init(init) if init else None
+    previous = ckpt.load_init(init) if init else None
     for generation in range(1, generations + 1):
         name = 'model-gen%d' % generation
         summary = train_or_reuse(cfg, run_dir, name, tag='[gen%d] ' % generation,
                                  teacher=None if cache else teacher, teacher_cache=cache,
                                  init=previous, stop_check=stop_check)
         models.append(dict(summary, name='recursive=%d' % generation))
-        previous = load_init((summary['prefix'], summary['index']))
+        previous = ckpt.load_init((summary['prefix'], summary['index']))
     return models
 
 
 def evaluate_models(models, cfg, dataset_label):
-    """Evaluate each model's final checkpoint; writes ``<prefix>-metrics.json`` per model."""
+    """Evaluate each model's final checkpoint on the packs and the test set; writes
+    ``<prefix>-metrics.json`` per model and returns the records."""
     results = []
     for model in models:
         LOGGER.info('evaluating %s (%s,%d)', model['name'], model['prefix'], model['index'])
-        metrics = evaluate_checkpoint(model['prefix'], model['index'], cfg.data.val,
-                                      cfg.data.test)
-        entry = dict(name=model['name'], prefix=model['prefix'], index=model['index'],
-                     steps=model.get('steps'), network=model.get('network'),
-                     dataset=dataset_label, **metrics)
-        write_json('%s-metrics.json' % model['prefix'], entry)
-        results.append(entry)
+        evaluation = evaluate_checkpoint((model['prefix'], model['index']), cfg.data.val,
+                                         cfg.data.test)
+        record = metrics_record(model['name'], model['prefix'], model['index'], evaluation,
+                                dataset_label, steps=model.get('steps'),
+                                network=model.get('network'))
+        write_metrics(record)
+        results.append(record)
     return results
 
 
@@ -253,11 +209,3 @@ def init_logging(log_path=None, level=logging.INFO):
         handlers.append(logging.FileHandler(log_path))
     logging.basicConfig(level=level, format='%(asctime)s %(levelname)s %(message)s',
                         handlers=handlers, force=True)
-
-
-def write_run_report(results, run_dir):
-    """``report.md`` (our table, then the published rows) and ``roc.png`` in ``run_dir``."""
-    from vargfacenet.eval.report import write_report
-    paths = write_report(results, run_dir, title='VarGFaceNet recursive distillation')
-    write_json(os.path.join(run_dir, 'results.json'), results)
-    return paths

@@ -4,19 +4,9 @@ Defaults to VarGFaceNet on the embedded synthetic data set; ``--data`` takes an 
 RecordIO folder, ``--val`` its ``.bin`` packs. ``--resume`` continues the run in ``--run-dir``
 from its last checkpoint with the same schedule.
 """
+import logging
 import os
 
-# oneDNN stays on (MXNet's default): the training graph runs BatchNorm/PReLU in the fused
-# operators (vargfacenet.symbol.fastops) beside oneDNN's convolutions, the fastest combination
-# here (docs/speed.md). MXNet logs a "storage type fallback" notice for every operator that
-# reads a oneDNN-layout input: expected, not useful.
-os.environ.setdefault('MXNET_STORAGE_FALLBACK_LOG_VERBOSE', '0')
-# (and one "Subgraph backend MKLDNN is activated" line per executor)
-os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-
-import logging  # noqa: E402
-
-from vargfacenet.train import pipeline  # noqa: E402
 from vargfacenet.train.cli import common_parser, overrides_from_args
 from vargfacenet.train.config import load_config
 
@@ -34,6 +24,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # MXNet reads its process settings when it loads: apply them before anything imports it
+    from vargfacenet.runtime import settings
+    settings.apply()
+    from vargfacenet.train import pipeline
     pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
     cfg = load_config(args.preset, overrides_from_args(args))
     data_label = pipeline.resolve_data(cfg)

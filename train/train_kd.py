@@ -6,22 +6,12 @@ generations with the same step budget each, evaluates all of them and writes the
 (``report.md``, ``roc.png``) to the run folder. Every stage is reused when finished and resumed
 when interrupted, so running the command again continues where it stopped.
 
-With ``--teacher PREFIX,EPOCH`` the teacher is any embedding checkpoint (e.g. insightface's
+With ``--teacher PREFIX,INDEX`` the teacher is any embedding checkpoint (e.g. insightface's
 LResNet100E-IR) and no teacher is trained.
 """
+import logging
 import os
 
-# oneDNN stays on (MXNet's default): the training graph runs BatchNorm/PReLU in the fused
-# operators (vargfacenet.symbol.fastops) beside oneDNN's convolutions, the fastest combination
-# here (docs/speed.md). MXNet logs a "storage type fallback" notice for every operator that
-# reads a oneDNN-layout input: expected, not useful.
-os.environ.setdefault('MXNET_STORAGE_FALLBACK_LOG_VERBOSE', '0')
-# (and one "Subgraph backend MKLDNN is activated" line per executor)
-os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
-
-import logging  # noqa: E402
-
-from vargfacenet.train import pipeline  # noqa: E402
 from vargfacenet.train.cli import add_kd_arguments, common_parser, overrides_from_args
 from vargfacenet.train.config import load_config
 
@@ -36,6 +26,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # MXNet reads its process settings when it loads: apply them before anything imports it
+    from vargfacenet.runtime import settings
+    settings.apply()
+    from vargfacenet.train import pipeline
     pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
     cfg = load_config(args.preset, overrides_from_args(args))
     data_label = pipeline.resolve_data(cfg)
@@ -49,7 +43,8 @@ def main(argv=None):
                                    teacher_cfg=teacher_cfg, init=args.init,
                                    baseline=not args.no_baseline)
     results = pipeline.evaluate_models(models, cfg, data_label)
-    report = pipeline.write_run_report(results, args.run_dir)
+    from vargfacenet.eval.report import write_report
+    report = write_report(results, args.run_dir, title='VarGFaceNet recursive distillation')
     LOGGER.info('results:\n%s', report['text'])
     LOGGER.info('report: %s', report['markdown'])
 

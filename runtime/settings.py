@@ -1,8 +1,14 @@
-"""MXNet settings that only take effect before the first ``import mxnet``.
+"""Process settings that MXNet 1.9.1 reads only when its library loads.
 
-MXNet 1.9.1 reads both when its library loads, so :func:`apply` runs at the top of
-``vargfacenet.symbol`` (and every vargfacenet package imports that first). A value the user
-exported is never overridden.
+Entry points (the command-line scripts, ``tests/conftest.py``) call :func:`apply` before
+anything imports mxnet; importing a vargfacenet module never changes the process. A value the
+user exported is never overridden. In your own scripts::
+
+    from vargfacenet.runtime import settings
+    settings.apply()        # before `import mxnet` (directly or through vargfacenet modules)
+
+Library functions that run MXNet call :func:`check`, which warns once when mxnet was loaded
+without the setting that prevents the crash described below.
 
 ``OMP_NUM_THREADS`` = physical cores
     With ``OMP_NUM_THREADS`` unset, MXNet 1.9.1 gives its CPU operators (oneDNN's included)
@@ -18,13 +24,18 @@ exported is never overridden.
     output keeps an oneDNN memory layout; the next BatchNorm (``fc1``) sees 2-D data, takes the
     native kernel and fails on the second forward pass with "We can't generate TBlob for MKLDNN
     data" (MobileFaceNet at every batch size, VarGFaceNet at batch 1; only with more than one
-    OpenMP thread). Turning off only the FC fusion avoids it; convolutions stay fused.
+    OpenMP thread). Turning off only the FC fusion avoids it; convolutions stay fused. (It is
+    read when the library loads: setting it later, before binding, still crashes.)
+``MXNET_STORAGE_FALLBACK_LOG_VERBOSE=0``, ``MXNET_SUBGRAPH_VERBOSE=0``
+    Quieter logs: with oneDNN on, MXNet logs a "storage type fallback" notice for every operator
+    that reads a oneDNN-layout input (the fused operators do, by design) and a "Subgraph backend
+    MKLDNN is activated" line per executor.
 """
 import logging
 import os
 import sys
 
-__all__ = ['physical_cores', 'settings', 'apply']
+__all__ = ['physical_cores', 'settings', 'apply', 'check']
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +63,13 @@ def physical_cores(cpus=None, sysfs=SYSFS_CPU):
 
 def settings():
     """The environment defaults :func:`apply` sets (name -> value)."""
-    return {'OMP_NUM_THREADS': str(physical_cores()), 'MXNET_DISABLE_MKLDNN_FC_OPT': '1'}
+    return {'OMP_NUM_THREADS': str(physical_cores()), 'MXNET_DISABLE_MKLDNN_FC_OPT': '1',
+            'MXNET_STORAGE_FALLBACK_LOG_VERBOSE': '0', 'MXNET_SUBGRAPH_VERBOSE': '0'}
+
+
+# settings without which these networks fail (the rest only change speed or log volume)
+REQUIRED = ('MXNET_DISABLE_MKLDNN_FC_OPT',)
+_warned = []
 
 
 def apply(environ=None):
@@ -64,7 +81,24 @@ def apply(environ=None):
     missing = {k: v for k, v in settings().items() if k not in environ}
     environ.update(missing)
     if missing and 'mxnet' in sys.modules:
-        log.warning('mxnet was imported before vargfacenet, so %s came too late to take effect '
-                    '(MXNet reads them when it loads): import vargfacenet.symbol before mxnet, '
-                    'or export them in the shell', ', '.join('%s=%s' % kv for kv in missing.items()))
+        log.warning('mxnet was imported before vargfacenet.runtime.settings.apply(), so %s came '
+                    'too late to take effect (MXNet reads them when it loads): call apply() '
+                    'before importing mxnet, or export them in the shell',
+                    ', '.join('%s=%s' % kv for kv in missing.items()))
     return sorted(missing)
+
+
+def check(environ=None):
+    """Warn (once per process) when a :data:`REQUIRED` setting is missing.
+
+    For library code about to run MXNet on behalf of a caller that may not have called
+    :func:`apply`. Returns the missing names.
+    """
+    environ = os.environ if environ is None else environ
+    missing = [k for k in REQUIRED if k not in environ]
+    if missing and not _warned:
+        _warned.append(True)
+        log.warning('%s is not set: MXNet 1.9.1 may crash at batch 1 ("We can\'t generate TBlob '
+                    'for MKLDNN data"). Call vargfacenet.runtime.settings.apply() before importing '
+                    'mxnet, or export %s=1', ', '.join(missing), missing[0])
+    return missing

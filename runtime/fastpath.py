@@ -7,7 +7,7 @@ blocks) is a slow reduction. :func:`optimize` rewrites a graph, keeping every pa
 shape (``list_arguments()`` / ``list_auxiliary_states()`` are unchanged, so the same parameter
 dicts bind to both graphs), in one of two ways:
 
-``kernels='fused'`` (default when the library builds, see :mod:`vargfacenet.symbol.fastops`)
+``kernels='fused'`` (default when the library builds, see :mod:`vargfacenet.runtime.fastops`)
     BatchNorm followed by PReLU becomes one ``vfn_bn_act`` operator, other BatchNorms
     ``vfn_bn_act(act_type='none')``, a residual sum followed by PReLU (with the SE product
     when one summand is it) ``vfn_add_prelu``, other PReLUs ``vfn_prelu``, and other SE
@@ -31,13 +31,9 @@ import json
 
 import mxnet as mx
 
-__all__ = ['optimize', 'inference_graph', 'tile_batch', 'is_available', 'count_prelu',
-           'INFERENCE_TILE']
+from vargfacenet.runtime import fastops
 
-
-def is_available():
-    """The rewrite only needs standard operators: always available."""
-    return True
+__all__ = ['optimize', 'inference_graph', 'tile_batch', 'count_prelu', 'INFERENCE_TILE']
 
 
 def count_prelu(sym):
@@ -178,7 +174,7 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, kern
     for_gpu : bool
         Return ``sym`` unchanged (cuDNN's BatchNorm and PReLU are already fast).
     kernels : {'auto', 'fused', 'graph'}
-        ``'fused'``: the C++ operators of :mod:`vargfacenet.symbol.fastops` (BatchNorm+PReLU in
+        ``'fused'``: the C++ operators of :mod:`vargfacenet.runtime.fastops` (BatchNorm+PReLU in
         one pass, PReLU); ``'graph'``: the standard-operator PReLU rewrite; ``'auto'``: fused
         when the operator library builds and loads, else graph.
     **input_shapes
@@ -196,12 +192,11 @@ def optimize(sym, mode='train', data_shape=(1, 3, 112, 112), for_gpu=False, kern
     if for_gpu:
         return sym
     if kernels != 'graph':
-        from vargfacenet.symbol import fastops
-        if fastops.available():
+        if fastops.load():
             return _rewrite_fused(sym, mode == 'train', data_shape, input_shapes)
         if kernels == 'fused':
             raise RuntimeError('fused operators requested but unavailable: %s'
-                               % fastops._state['error'])
+                               % fastops.unavailable_reason())
     return _rewrite_graph(sym, data_shape, input_shapes)
 
 
@@ -231,11 +226,83 @@ def _to_symbol(nodes, heads, graph):
     return mx.sym.load_json(json.dumps(out))
 
 
-def _finish(graph, nodes, remap):
-    return _to_symbol(nodes, [[remap[j], k, v] for j, k, v in graph['heads']], graph)
+class _GraphBuilder:
+    """The rewritten graph's node list, and where each source node ended up in it."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.nodes = []
+        self.remap = {}
+
+    def entry(self, e):
+        """A source input entry ``[node, output, version]`` in the new graph."""
+        return [self.remap[e[0]], e[1], e[2]]
+
+    def add(self, node, source_index=None):
+        """Append ``node``; it replaces source node ``source_index`` when given. Returns its
+        entry."""
+        self.nodes.append(node)
+        if source_index is not None:
+            self.remap[source_index] = len(self.nodes) - 1
+        return [len(self.nodes) - 1, 0, 0]
+
+    def add_op(self, op, name, inputs, attrs=None):
+        node = {'op': op, 'name': name, 'inputs': inputs}
+        if attrs:
+            node['attrs'] = attrs
+        return self.add(node)
+
+    def state_shapes(self, inputs, known):
+        """Write the known shape onto each parameter variable among ``inputs[1:]``.
+
+        MXNet 1.9.1 cannot infer shapes backwards into a library operator's inputs (an unknown
+        input shape has ndim -1, which its size computation turns into a huge allocation), so
+        every parameter of the new operators states its shape on the variable."""
+        for j, _, _ in inputs[1:]:
+            var = self.nodes[j]
+            if var['op'] == 'null' and known.get(var['name']):
+                var.setdefault('attrs', {})['__shape__'] = str(tuple(known[var['name']]))
+
+    def finish(self):
+        heads = [self.entry(h) for h in self.graph['heads']]
+        return _to_symbol(self.nodes, heads, self.graph)
 
 
 _SUM_OPS = ('elemwise_add', '_plus', '_Plus')
+
+
+def _bn_into_prelu(src, consumers, fuse_bn):
+    """{PReLU node: BatchNorm node} for each fusable BatchNorm whose only consumer is that
+    PReLU (empty unless ``fuse_bn``)."""
+    fused = {}
+    if not fuse_bn:
+        return fused
+    for j, node in enumerate(src):
+        if _is_prelu(node):
+            i, out_index, _ = node['inputs'][0]
+            if _bn_fusable(src[i]) and consumers[i] == 1 and out_index == 0:
+                fused[j] = i
+    return fused
+
+
+def _channel_scales(src, shapes):
+    """{broadcast_mul node: (data input position, scale input position)} for the products of an
+    (N, C, H, W) activation with an (N, C, 1, 1) scale, in either argument order (the SE
+    blocks)."""
+    scales = {}
+    for i, node in enumerate(src):
+        if node['op'] != 'broadcast_mul' or len(node['inputs']) != 2:
+            continue
+        dims = [shapes.get(_entry_name(src, e)) for e in node['inputs']]
+        if not (all(dims) and len(dims[0]) == len(dims[1]) >= 3):
+            continue
+        for order in ((0, 1), (1, 0)):
+            x, k = dims[order[0]], dims[order[1]]
+            if (tuple(k[:2]) == tuple(x[:2]) and all(v == 1 for v in k[2:])
+                    and any(v != 1 for v in x[2:])):
+                scales[i] = order
+                break
+    return scales
 
 
 def _residual_prelus(src, consumers, channel_scales, fuse_bn):
@@ -271,85 +338,79 @@ def _residual_prelus(src, consumers, channel_scales, fuse_bn):
     return fused
 
 
+class _FusionPlan:
+    """Which source nodes become which fused operator (decided before any node is written).
+
+    ``bn_into_prelu``: {PReLU: BatchNorm fused into it}; ``channel_scales``: SE products;
+    ``residual``: PReLUs on residual sums (see :func:`_residual_prelus`); ``skipped``: source
+    nodes absorbed into a fused operator; ``fuse_bn``: BatchNorm may be replaced (training).
+    """
+
+    def __init__(self, graph, fuse_bn, shapes):
+        src = graph['nodes']
+        consumers = _consumers(graph)
+        self.fuse_bn = fuse_bn
+        self.bn_into_prelu = _bn_into_prelu(src, consumers, fuse_bn)
+        self.channel_scales = _channel_scales(src, shapes)
+        self.residual = _residual_prelus(src, consumers, self.channel_scales, fuse_bn)
+        self.skipped = set(self.bn_into_prelu.values())
+        for *_, absorbed in self.residual.values():
+            self.skipped |= absorbed
+
+
+def _fused_bn_node(node, bn, with_prelu, builder, inputs):
+    """``vfn_bn_act``: BatchNorm ``bn`` (batch statistics), followed by ``node``'s PReLU when
+    ``with_prelu``."""
+    attrs = bn.get('attrs', {})
+    bn_inputs = [builder.entry(e) for e in bn['inputs']]
+    return {'op': fastops.OP_BN_ACT, 'name': node['name'],
+            'attrs': {'eps': attrs.get('eps', '0.001'),
+                      'momentum': attrs.get('momentum', '0.9'),
+                      'fix_gamma': attrs.get('fix_gamma', 'True'),
+                      'act_type': 'prelu' if with_prelu else 'none'},
+            'inputs': bn_inputs + ([inputs[1]] if with_prelu else [])}
+
+
+def _fused_node(i, node, src, plan, builder):
+    """The node that replaces source node ``i`` (a copy when nothing is fused there)."""
+    # (a fused PReLU's data input is the skipped BatchNorm or sum: replaced below)
+    inputs = [[builder.remap.get(j), k, v] for j, k, v in node['inputs']]
+    if i in plan.bn_into_prelu:
+        return _fused_bn_node(node, src[plan.bn_into_prelu[i]], True, builder, inputs)
+    if plan.fuse_bn and _bn_fusable(node):
+        return _fused_bn_node(node, node, False, builder, inputs)
+    if i in plan.residual:
+        data, scale, other, _ = plan.residual[i]
+        summands = [builder.entry(data)] + ([builder.entry(scale)] if scale else []) + \
+            [builder.entry(other)]
+        return {'op': fastops.OP_ADD_PRELU, 'name': node['name'],
+                'attrs': {'scaled': '1' if scale else '0'}, 'inputs': summands + [inputs[1]]}
+    if _is_prelu(node):
+        return {'op': fastops.OP_PRELU, 'name': node['name'], 'inputs': inputs}
+    if i in plan.channel_scales:
+        return {'op': fastops.OP_CHANNEL_SCALE, 'name': node['name'],
+                'inputs': [inputs[k] for k in plan.channel_scales[i]]}
+    return dict(node, inputs=inputs)
+
+
 def _rewrite_fused(sym, fuse_bn, data_shape, input_shapes):
-    from vargfacenet.symbol.fastops import OP_ADD_PRELU, OP_BN_ACT, OP_CHANNEL_SCALE, OP_PRELU
     graph = json.loads(sym.tojson())
     src = graph['nodes']
-    consumers = _consumers(graph)
-    # BatchNorm nodes whose only consumer is a PReLU on their output: fused into that PReLU
-    fused_into = {}
-    for j, node in enumerate(src):
-        if _is_prelu(node):
-            i = node['inputs'][0][0]
-            if fuse_bn and _bn_fusable(src[i]) and consumers[i] == 1 and node['inputs'][0][1] == 0:
-                fused_into[j] = i
-    # broadcast_mul(x (N, C, H, W), s (N, C, 1, 1)) in either argument order: channel scaling
-    channel_scales = {}
-    shapes = _output_ndims(sym, dict(input_shapes, data=data_shape))
-    for i, node in enumerate(src):
-        if node['op'] == 'broadcast_mul' and len(node['inputs']) == 2:
-            dims = [shapes.get(_entry_name(src, e)) for e in node['inputs']]
-            if all(dims) and len(dims[0]) == len(dims[1]) >= 3:
-                for order in ((0, 1), (1, 0)):
-                    x, k = dims[order[0]], dims[order[1]]
-                    if (tuple(k[:2]) == tuple(x[:2]) and all(v == 1 for v in k[2:])
-                            and any(v != 1 for v in x[2:])):
-                        channel_scales[i] = order
-                        break
-    residual = _residual_prelus(src, consumers, channel_scales, fuse_bn)
-    skipped = set(fused_into.values())
-    for *_, absorbed in residual.values():
-        skipped |= absorbed
-    # MXNet 1.9.1 cannot infer shapes backwards into a library operator's inputs (an unknown
-    # input shape has ndim -1, which its size computation turns into a huge allocation), so
-    # every parameter of the new operators states its shape on the variable.
-    arg_shapes, _, aux_shapes = sym.infer_shape_partial(**dict(input_shapes, data=data_shape))
+    shapes = dict(input_shapes, data=data_shape)
+    plan = _FusionPlan(graph, fuse_bn, _output_ndims(sym, shapes))
+    arg_shapes, _, aux_shapes = sym.infer_shape_partial(**shapes)
     known = dict(zip(sym.list_arguments(), arg_shapes))
     known.update(zip(sym.list_auxiliary_states(), aux_shapes))
-
-    def state_shapes(new_inputs):
-        for j, _, _ in new_inputs[1:]:
-            var = nodes[j]
-            if var['op'] == 'null' and known.get(var['name']):
-                var.setdefault('attrs', {})['__shape__'] = str(tuple(known[var['name']]))
-
-    def entry(e):
-        return [remap[e[0]], e[1], e[2]]
-
-    nodes, remap = [], {}
+    builder = _GraphBuilder(graph)
+    with_parameters = (fastops.OP_BN_ACT, fastops.OP_PRELU, fastops.OP_ADD_PRELU)
     for i, node in enumerate(src):
-        if i in skipped:
+        if i in plan.skipped:
             continue
-        # (a fused PReLU's data input is the skipped BatchNorm or sum: replaced below)
-        inputs = [[remap.get(j), k, v] for j, k, v in node['inputs']]
-        if i in fused_into or (fuse_bn and _bn_fusable(node)):
-            bn = src[fused_into[i]] if i in fused_into else node
-            bn_attrs = bn.get('attrs', {})
-            bn_inputs = [entry(e) for e in bn['inputs']]
-            new = {'op': OP_BN_ACT, 'name': node['name'],
-                   'attrs': {'eps': bn_attrs.get('eps', '0.001'),
-                             'momentum': bn_attrs.get('momentum', '0.9'),
-                             'fix_gamma': bn_attrs.get('fix_gamma', 'True'),
-                             'act_type': 'prelu' if i in fused_into else 'none'},
-                   'inputs': bn_inputs + ([inputs[1]] if i in fused_into else [])}
-        elif i in residual:
-            data, scale, other, _ = residual[i]
-            summands = [entry(data)] + ([entry(scale)] if scale else []) + [entry(other)]
-            new = {'op': OP_ADD_PRELU, 'name': node['name'],
-                   'attrs': {'scaled': '1' if scale else '0'},
-                   'inputs': summands + [inputs[1]]}
-        elif _is_prelu(node):
-            new = {'op': OP_PRELU, 'name': node['name'], 'inputs': inputs}
-        elif i in channel_scales:
-            new = {'op': OP_CHANNEL_SCALE, 'name': node['name'],
-                   'inputs': [inputs[k] for k in channel_scales[i]]}
-        else:
-            new = dict(node, inputs=inputs)
-        if new['op'] in (OP_BN_ACT, OP_PRELU, OP_ADD_PRELU):  # (the scale has no parameters)
-            state_shapes(new['inputs'])
-        nodes.append(new)
-        remap[i] = len(nodes) - 1
-    return _finish(graph, nodes, remap)
+        new = _fused_node(i, node, src, plan, builder)
+        if new['op'] in with_parameters:   # (the channel scale has no parameters)
+            builder.state_shapes(new['inputs'], known)
+        builder.add(new, i)
+    return builder.finish()
 
 
 def _rewrite_graph(sym, data_shape, input_shapes):
@@ -357,43 +418,39 @@ def _rewrite_graph(sym, data_shape, input_shapes):
         return sym
     graph = json.loads(sym.tojson())
     shapes = _output_ndims(sym, dict(input_shapes, data=data_shape))
-    nodes, remap = [], {}
-
-    def add(op, name, inputs, attrs=None):
-        node = {'op': op, 'name': name, 'inputs': inputs}
-        if attrs:
-            node['attrs'] = attrs
-        nodes.append(node)
-        return [len(nodes) - 1, 0, 0]
-
+    builder = _GraphBuilder(graph)
     for i, node in enumerate(graph['nodes']):
-        inputs = [[remap[j], k, v] for j, k, v in node['inputs']]
+        inputs = [builder.entry(e) for e in node['inputs']]
         if _is_prelu(node):
-            name = node['name']
-            shape = shapes.get(name + '_output')
-            if not shape:
-                raise ValueError('cannot infer the shape of %s for the PReLU rewrite' % name)
-            x, slope = inputs
-            if nodes[slope[0]]['op'] == 'null':
-                # Reshape cannot infer the slope's shape backwards: state it on the variable
-                nodes[slope[0]].setdefault('attrs', {})['__shape__'] = '(%d,)' % shape[1]
-            positive = add('Activation', name + '_fp_pos', [x], {'act_type': 'relu'})
-            flipped = add('negative', name + '_fp_negx', [x])
-            negative = add('Activation', name + '_fp_neg', [flipped], {'act_type': 'relu'})
-            if len(shape) == 4:
-                weight = add('Reshape', name + '_fp_w', [slope], {'shape': '(-1, 1, 1, 1)'})
-                scaled = add('Convolution', name + '_fp_scale', [negative, weight],
-                             {'kernel': '(1, 1)', 'num_filter': str(shape[1]),
-                              'num_group': str(shape[1]), 'no_bias': 'True'})
-            else:
-                weight = add('Reshape', name + '_fp_w', [slope],
-                             {'shape': '(1, -1' + ', 1' * (len(shape) - 2) + ')'})
-                scaled = add('broadcast_mul', name + '_fp_scale', [negative, weight])
-            # keep the original node name on the result so get_internals()[name] still works
-            remap[i] = add('elemwise_sub', name, [positive, scaled])[0]
+            _add_graph_prelu(builder, i, node, inputs, shapes)
         else:
-            copy = dict(node)
-            copy['inputs'] = inputs
-            nodes.append(copy)
-            remap[i] = len(nodes) - 1
-    return _finish(graph, nodes, remap)
+            builder.add(dict(node, inputs=inputs), i)
+    return builder.finish()
+
+
+def _add_graph_prelu(builder, i, node, inputs, shapes):
+    """``prelu(x; a) = relu(x) - a * relu(-x)`` in standard operators, the product as a 1x1
+    depthwise convolution on 4-D data (a ``broadcast_mul`` otherwise)."""
+    name = node['name']
+    shape = shapes.get(name + '_output')
+    if not shape:
+        raise ValueError('cannot infer the shape of %s for the PReLU rewrite' % name)
+    x, slope = inputs
+    if builder.nodes[slope[0]]['op'] == 'null':
+        # Reshape cannot infer the slope's shape backwards: state it on the variable
+        builder.nodes[slope[0]].setdefault('attrs', {})['__shape__'] = '(%d,)' % shape[1]
+    add = builder.add_op
+    positive = add('Activation', name + '_fp_pos', [x], {'act_type': 'relu'})
+    flipped = add('negative', name + '_fp_negx', [x])
+    negative = add('Activation', name + '_fp_neg', [flipped], {'act_type': 'relu'})
+    if len(shape) == 4:
+        weight = add('Reshape', name + '_fp_w', [slope], {'shape': '(-1, 1, 1, 1)'})
+        scaled = add('Convolution', name + '_fp_scale', [negative, weight],
+                     {'kernel': '(1, 1)', 'num_filter': str(shape[1]),
+                      'num_group': str(shape[1]), 'no_bias': 'True'})
+    else:
+        weight = add('Reshape', name + '_fp_w', [slope],
+                     {'shape': '(1, -1' + ', 1' * (len(shape) - 2) + ')'})
+        scaled = add('broadcast_mul', name + '_fp_scale', [negative, weight])
+    # keep the original node name on the result so get_internals()[name] still works
+    builder.add({'op': 'elemwise_sub', 'name': name, 'inputs': [positive, scaled]}, i)

@@ -1,20 +1,21 @@
 """Fused CPU operators (BatchNorm+PReLU, PReLU, residual sum+PReLU) as an MXNet operator library.
 
-The C++ source is ``symbol/csrc/vfn_ops.cc`` (why it exists and its exact mathematics are at the
+The C++ source is ``runtime/csrc/vfn_ops.cc`` (why it exists and its exact mathematics are at the
 top of that file). It is compiled against ``lib_api.h``, which ships inside the mxnet wheel, with
 the system C++ compiler, on first use or explicitly::
 
-    python symbol/fastops.py --build        # prints the library path
+    python runtime/fastops.py --build       # prints the library path
 
 pip builds packages in an isolated environment without mxnet, so the install step cannot
-compile it; the first ``load()`` does (about 8 s, once). The result is cached under a name that
-hashes the source, the mxnet version and the compiler flags, next to this file when that folder
-is writable, else in ``$XDG_CACHE_HOME/vargfacenet`` (``~/.cache/vargfacenet``). Set
-``VARGFACENET_OPS_LIB`` to use a prebuilt library, or ``VARGFACENET_OPS=0`` to never build or
-load one (the fast path then uses its standard-operator rewrite).
+compile it; the first :func:`load` does (about 8 s, once, announced by one log line), or
+:func:`build` when called. The library goes to a user cache folder, never into the source
+tree: ``$VARGFACENET_CACHE``, else ``$XDG_CACHE_HOME/vargfacenet`` (``~/.cache/vargfacenet``),
+under a name that hashes the source, the mxnet version, the compiler flags and the CPU's
+features. Set ``VARGFACENET_OPS_LIB`` to use a prebuilt library, or ``VARGFACENET_OPS=0`` to
+never build or load one (the fast path then uses its standard-operator rewrite).
 
 Nothing here touches exported checkpoints: graphs that use these operators exist only inside
-running modules (training, evaluation, the frozen teacher; ``vargfacenet.symbol.fastpath``).
+running modules (training, evaluation, the frozen teacher; :mod:`vargfacenet.runtime.fastpath`).
 
 Two limits of MXNet 1.9.1's library-operator support shape the design: operators do not learn
 whether a pass is training or inference (so the fused BatchNorm is only put into training
@@ -31,8 +32,8 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ['load', 'build', 'available', 'OpsBuildError', 'OP_BN_ACT', 'OP_PRELU',
-           'OP_CHANNEL_SCALE', 'OP_ADD_PRELU']
+__all__ = ['load', 'build', 'is_loaded', 'unavailable_reason', 'cache_dir', 'OpsBuildError',
+           'OP_BN_ACT', 'OP_PRELU', 'OP_CHANNEL_SCALE', 'OP_ADD_PRELU']
 
 LOGGER = logging.getLogger(__name__)
 OP_BN_ACT = 'vfn_bn_act'
@@ -90,23 +91,26 @@ def _library_name(mx_dir):
     return 'libvfn_ops-%s.so' % digest.hexdigest()[:12]
 
 
-def _cache_dirs():
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_build')
-    cache = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
-                         'vargfacenet')
-    return [here, cache]
+def cache_dir():
+    """Folder the library is built into: ``$VARGFACENET_CACHE``, else the user's cache."""
+    explicit = os.environ.get('VARGFACENET_CACHE')
+    if explicit:
+        return explicit
+    return os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+                        'vargfacenet')
 
 
 def build(force=False):
-    """Compile the library if no cached build exists; return its path.
+    """Compile the library into :func:`cache_dir` unless a build for this source, mxnet and CPU
+    is already there; return its path.
 
     Raises :class:`OpsBuildError` (with the compiler's message) when it cannot be built.
     """
     mx_dir = _mxnet_dir()
-    name = _library_name(mx_dir)
-    for folder in _cache_dirs():
-        if not force and os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
+    folder = cache_dir()
+    target = os.path.join(folder, _library_name(mx_dir))
+    if not force and os.path.isfile(target):
+        return target
     compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
     if not compiler:
         raise OpsBuildError('no C++ compiler found (set CXX, or install g++)')
@@ -115,33 +119,34 @@ def build(force=False):
     for needed in (header, lib_api, SOURCE):
         if not os.path.isfile(needed):
             raise OpsBuildError('missing %s (the mxnet wheel ships it from 1.8 on)' % needed)
-    last_error = None
-    for folder in _cache_dirs():
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix='.' + name, suffix='.tmp', dir=folder)
-            os.close(fd)
-        except OSError as exc:
-            last_error = exc
-            continue
-        cmd = [compiler] + CXXFLAGS + ['-I', os.path.join(mx_dir, 'include'), SOURCE, lib_api,
-                                       '-o', tmp]
-        LOGGER.info('building the fused-operator library: %s', ' '.join(cmd))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(target), suffix='.tmp',
+                                   dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise OpsBuildError('cannot write the library into %s (%s); set VARGFACENET_CACHE to a '
+                            'writable folder' % (folder, exc))
+    cmd = [compiler] + CXXFLAGS + ['-I', os.path.join(mx_dir, 'include'), SOURCE, lib_api,
+                                   '-o', tmp]
+    LOGGER.info('building the fused CPU operators once (about 10 s) into %s', target)
+    LOGGER.debug('%s', ' '.join(cmd))
+    try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            os.unlink(tmp)
             raise OpsBuildError('compiling %s failed:\n%s' % (SOURCE, proc.stderr[-4000:]))
-        os.replace(tmp, os.path.join(folder, name))
-        return os.path.join(folder, name)
-    raise OpsBuildError('no writable folder for the library (%s): %s'
-                        % (', '.join(_cache_dirs()), last_error))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def load():
     """Build (if needed) and load the library into MXNet once; return its path or ``None``.
 
     ``None`` (with one logged warning) when ``VARGFACENET_OPS=0`` or the build fails: callers fall
-    back to standard operators.
+    back to standard operators (:func:`unavailable_reason` says why).
     """
     if _state['path'] or _state['error']:
         return _state['path']
@@ -152,7 +157,7 @@ def load():
         path = os.environ.get('VARGFACENET_OPS_LIB') or build()
         import mxnet as mx
         mx.library.load(os.path.abspath(path), verbose=False)
-    except (OpsBuildError, OSError, Exception) as exc:  # MXNetError is an Exception
+    except Exception as exc:  # OpsBuildError, OSError, MXNetError
         _state['error'] = str(exc)
         LOGGER.warning('fused CPU operators unavailable, using standard operators: %s', exc)
         return None
@@ -160,9 +165,14 @@ def load():
     return path
 
 
-def available():
-    """True when the operators are loaded (building them first if needed)."""
-    return load() is not None
+def is_loaded():
+    """True when :func:`load` has loaded the library (never builds anything)."""
+    return _state['path'] is not None
+
+
+def unavailable_reason():
+    """Why :func:`load` returned None, or None."""
+    return _state['error']
 
 
 def main(argv=None):
@@ -171,12 +181,14 @@ def main(argv=None):
     parser.add_argument('--force', action='store_true', help='recompile even if cached')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    from vargfacenet.runtime import settings
+    settings.apply()
     try:
         path = build(force=args.force) if (args.build or args.force) else load()
     except OpsBuildError as exc:
         sys.exit('error: %s' % exc)
     if path is None:
-        sys.exit('error: %s' % _state['error'])
+        sys.exit('error: %s' % unavailable_reason())
     print(path)
 
 

@@ -14,11 +14,8 @@ and works around one exporter bug before exporting: a ``FullyConnected`` without
 ``flatten`` attribute is exported as if ``flatten=False`` (MXNet's default is True), which
 turns ``pre_fc1`` on (N, C, 1, 1) data into a wrong Gemm; the attribute is stated explicitly.
 
-::
-
-    python symbol/onnx_export.py --model runs/x/model,0 --out model.onnx   # prints the check
+The command is ``python deploy/export.py --model PREFIX,INDEX --out OUT --format onnx``.
 """
-import argparse
 import json
 import logging
 import os
@@ -27,6 +24,8 @@ import mxnet as mx
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_path
+from vargfacenet.runtime import checkpoint
+from vargfacenet.runtime.inference import InferenceModule
 
 __all__ = ['export_onnx', 'compare_with_mxnet']
 
@@ -102,28 +101,7 @@ def compare_with_mxnet(path, sym, arg_params, aux_params, batch_size=4, seed=0):
     images = rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32)
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     ours = session.run(None, {session.get_inputs()[0].name: images})[0]
-    module = mx.mod.Module(sym, label_names=None)
-    module.bind(data_shapes=[('data', images.shape)], for_training=False)
-    module.set_params(arg_params, aux_params, allow_missing=False, allow_extra=True)
-    module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=False)
-    ref = module.get_outputs()[0].asnumpy()
+    # the faithful graph (fast=False), as exported
+    reference = InferenceModule(sym, arg_params, aux_params, batch_size=batch_size, fast=False)
+    ref = reference.forward(mx.nd.array(images)).asnumpy()
     return np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-
-
-def main(argv=None):
-    from vargfacenet.eval.embed import load_model, parse_model_arg
-    parser = argparse.ArgumentParser(description='Export an embedding checkpoint to ONNX.')
-    parser.add_argument('--model', required=True, help='PREFIX,EPOCH of the MXNet checkpoint')
-    parser.add_argument('--layer', default='fc1_output', help='embedding output to export')
-    parser.add_argument('--out', required=True, help='ONNX file to write')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    prefix, epoch = parse_model_arg(args.model)
-    sym, arg_params, aux_params = load_model(prefix, epoch, layer=args.layer)
-    export_onnx(sym, arg_params, aux_params, args.out)
-    cosine = compare_with_mxnet(args.out, sym, arg_params, aux_params)
-    LOGGER.info('ONNX Runtime vs MXNet embeddings: cosine min %.6f', cosine.min())
-
-
-if __name__ == '__main__':
-    main()

@@ -1,0 +1,1 @@
+"""vargfacenet.deploy: exporting embedding checkpoints for other runtimes (ONNX)."""
