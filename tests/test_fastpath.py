@@ -472,3 +472,90 @@ def test_fused_training_graph_float32_matches_the_faithful_graph_without_kinks()
     vector = lambda grads: np.concatenate([grads[n].ravel() for n in names])  # noqa: E731
     error = np.linalg.norm(vector(ours) - vector(faithful)) / np.linalg.norm(vector(faithful))
     assert error <= 1e-4
+
+
+@needs_fused
+def test_lresnet_teacher_runs_on_the_fast_path_as_faithfully():
+    """LResNet-IR (the README's r100 teacher: Dropout and a 2-D BatchNorm in its 'E' head) on
+    the fused inference path, tiled, equals the faithful graph; one fused training step gives
+    the faithful graph's loss and gradients (same Dropout draws: same seed)."""
+    sym = get_symbol('r18')
+    ops = {n['op'] for n in json.loads(sym.tojson())['nodes']}
+    assert {'Dropout', 'BatchNorm', 'LeakyReLU'} <= ops
+    rng = np.random.RandomState(3)
+    params = training_params(sym, rng)
+    aux = {n: params.pop(n) for n in sym.list_auxiliary_states()}
+    data = rng.uniform(0, 255, (18, 3, 112, 112))   # 18 images: two tiles (16 + 2)
+    fast = fastpath.inference_graph(sym, mx.cpu(), len(data), kernels='fused')
+    fast_ops = {n['op'] for n in json.loads(fast.tojson())['nodes']}
+    assert fastops.OP_PRELU in fast_ops or fastops.OP_ADD_PRELU in fast_ops
+    assert 'slice_axis' in fast_ops
+
+    def embed(s):
+        mod = mx.mod.Module(s, label_names=None)
+        mod.bind(data_shapes=[('data', data.shape)], for_training=False)
+        mod.set_params({n: mx.nd.array(v) for n, v in params.items()},
+                       {n: mx.nd.array(v) for n, v in aux.items()})
+        mod.forward(mx.io.DataBatch([mx.nd.array(data)]), is_train=False)
+        return mod.get_outputs()[0].asnumpy()
+    a, b = embed(sym), embed(fast)
+    cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() >= 0.99999
+    # training mode: Dropout active in both graphs, drawn from the same seed
+    train = fastpath.optimize(sym, mode='train', kernels='fused')
+    assert fastops.OP_BN_ACT in {n['op'] for n in json.loads(train.tojson())['nodes']}
+    batch, head = data[:8], rng.randn(8, 512)
+    all_params = dict(params, **aux)
+    mx.random.seed(11)
+    grads_ref, out_ref = forward_backward(sym, all_params, batch, head)
+    mx.random.seed(11)
+    grads_fast, out_fast = forward_backward(train, all_params, batch, head)
+    np.testing.assert_allclose(out_fast, out_ref, rtol=1e-3, atol=1e-3 * np.abs(out_ref).max())
+    names = sorted(set(grads_ref) - prelu_slopes(sym))
+    errors = relative_errors(grads_fast, grads_ref, names)
+    assert max(errors.values()) <= 1e-2, max(errors.items(), key=lambda kv: kv[1])
+
+
+@needs_fused
+def test_fused_training_step_updates_moving_statistics_like_the_faithful_graph():
+    """After one training-mode pass, every BatchNorm's moving statistics equal the faithful
+    graph's, and for the first one momentum * old + (1 - momentum) * batch statistics."""
+    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=64)
+    rng = np.random.RandomState(4)
+    params = training_params(sym, rng)
+    data = rng.uniform(0, 255, (4, 3, 112, 112))
+    head = rng.randn(4, 64)
+    fast = fastpath.optimize(sym, mode='train', kernels='fused')
+    assert fastops.OP_BN_ACT in {n['op'] for n in json.loads(fast.tojson())['nodes']}
+
+    def moving_stats(s):
+        loss = mx.sym.MakeLoss(mx.sym.sum(s * mx.sym.Variable('head')))
+        exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
+                               grad_req={n: ('null' if n in ('data', 'head') else 'write')
+                                         for n in loss.list_arguments()})
+        for n, v in params.items():
+            (exe.arg_dict if n in exe.arg_dict else exe.aux_dict)[n][:] = v
+        exe.arg_dict['data'][:] = data
+        exe.arg_dict['head'][:] = head
+        exe.forward(is_train=True)
+        exe.backward()
+        mx.nd.waitall()
+        return {n: v.asnumpy() for n, v in exe.aux_dict.items()}
+    faithful, fused = moving_stats(sym), moving_stats(fast)
+    assert faithful.keys() == fused.keys() and len(fused) > 20
+    for n in faithful:
+        assert not np.allclose(faithful[n], params[n]), n      # the pass did update them
+        np.testing.assert_allclose(fused[n], faithful[n], rtol=1e-3, atol=1e-4, err_msg=n)
+    # the first BatchNorm, against its input computed by the faithful graph
+    nodes = json.loads(sym.tojson())['nodes']
+    first_bn = [n for n in nodes if n['op'] == 'BatchNorm'][0]
+    conv_out = sym.get_internals()[nodes[first_bn['inputs'][0][0]]['name'] + '_output']
+    exe = conv_out.bind(mx.cpu(), {n: mx.nd.array(params[n]) if n != 'data' else mx.nd.array(data)
+                                   for n in conv_out.list_arguments()})
+    x = exe.forward(is_train=False)[0].asnumpy().astype(np.float64)
+    momentum = float(first_bn['attrs'].get('momentum', 0.9))
+    name = first_bn['name']
+    want_mean = momentum * params[name + '_moving_mean'] + (1 - momentum) * x.mean((0, 2, 3))
+    want_var = momentum * params[name + '_moving_var'] + (1 - momentum) * x.var((0, 2, 3))
+    np.testing.assert_allclose(fused[name + '_moving_mean'], want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fused[name + '_moving_var'], want_var, rtol=1e-3, atol=1e-4)

@@ -71,6 +71,60 @@ def test_kd_loss_matches_numpy(form):
     np.testing.assert_allclose(exe.grad_dict['s'].asnumpy(), num, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize('form', ['l2', 'angular'])
+def test_training_graph_weights_the_distillation_gradient_by_alpha(form):
+    """The graph's kd output is L_s itself and its gradient is alpha * dL_s: total gradient at
+    alpha minus the one at alpha = 0 equals alpha times the numpy gradient of L_s."""
+    rng = np.random.RandomState(1)
+    batch, dim, classes = 4, 6, 5
+    x = rng.uniform(0, 255, (batch, 3, 112, 112))
+    w = rng.randn(dim, 3 * 112 * 112) * 1e-3
+    teacher = rng.randn(batch, dim)
+    labels = np.array([0, 1, 2, 1])
+    fc7 = rng.randn(classes, dim) * 0.1
+    student = mx.sym.FullyConnected(mx.sym.Flatten(mx.sym.Variable('data')), num_hidden=dim,
+                                    no_bias=True, name='fc1')
+    loss_cfg = load_config('smoke').loss
+
+    def run(alpha):
+        sym, _ = build_training_symbol(student, classes, loss_cfg,
+                                       {'alpha': alpha, 'form': form, 'projection': False},
+                                       teacher_dim=dim)
+        exe = sym.simple_bind(mx.cpu(), data=x.shape, teacher_emb=teacher.shape,
+                              softmax_label=labels.shape, grad_req={
+                                  n: 'write' if n in ('fc1_weight', 'fc7_weight') else 'null'
+                                  for n in sym.list_arguments()})
+        for name, value in (('data', x), ('fc1_weight', w), ('teacher_emb', teacher),
+                            ('softmax_label', labels), ('fc7_weight', fc7)):
+            exe.arg_dict[name][:] = value
+        outputs = exe.forward(is_train=True)
+        exe.backward()
+        return (float(outputs[1].asnumpy().mean()),
+                exe.grad_dict['fc1_weight'].asnumpy().astype(np.float64))
+
+    kd_at_7, grad_at_7 = run(7.0)
+    kd_at_0, grad_at_0 = run(0.0)
+    emb = x.reshape(batch, -1) @ w.T
+    tn = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+
+    def distance(e):
+        en = e / np.linalg.norm(e, axis=1, keepdims=True)
+        if form == 'l2':
+            return np.mean(np.sum((en - tn) ** 2, axis=1))
+        return np.mean((1 - np.sum(en * tn, axis=1)) ** 2)
+    # the logged value is L_s, unweighted, whatever alpha
+    assert kd_at_7 == pytest.approx(distance(emb), rel=1e-4)
+    assert kd_at_0 == pytest.approx(kd_at_7, rel=1e-6)
+    d_emb = np.zeros_like(emb)
+    for idx in np.ndindex(*emb.shape):
+        step = np.zeros_like(emb)
+        step[idx] = 1e-6
+        d_emb[idx] = (distance(emb + step) - distance(emb - step)) / 2e-6
+    want = 7.0 * d_emb.T @ x.reshape(batch, -1)          # chain rule through fc1
+    np.testing.assert_allclose(grad_at_7 - grad_at_0, want, rtol=2e-3,
+                               atol=2e-3 * np.abs(want).max())
+
+
 def test_training_graph_and_projection_error():
     cfg = load_config('smoke')
     student = get_symbol('mobilefacenet')      # 128-d

@@ -170,11 +170,105 @@ def test_teacher_cache_matches_live_teacher_and_drives_distillation(tiny_data, t
     assert models[-1]['distilled'] and models[-1]['steps'] == cfg.schedule.max_steps
 
 
-def test_two_devices_through_the_kvstore(tiny_data, tmp_path):
-    """Two CPU contexts stand in for two GPUs: the batch splits, gradients are aggregated."""
-    cfg = tiny_cfg(tiny_data, {'train': {'ctx': 'cpu0,cpu1', 'kv_store': 'local',
-                                         'batch_size': 2}, 'schedule': {'max_steps': 2}})
-    summary = pipeline.train_one(cfg, str(tmp_path / 'multi'))
-    assert summary['batch_size'] == 4 and summary['steps'] == 2
-    _, arg, _ = mx.model.load_checkpoint(summary['prefix'], summary['index'])
-    assert all(np.isfinite(v.asnumpy()).all() for v in arg.values())
+def one_step_params(cfg, batch, init, num_classes=5):
+    """Parameters after one SGD step of a Run on ``batch`` (contexts and batch from ``cfg``)."""
+    from vargfacenet.train.loop import Run
+    sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
+    run = Run(cfg, sym, None, num_classes, prefix='unused', init=init)
+    run.init_optimizer()
+    run.step(batch)
+    run.module.update()
+    arg, aux = run.current_params()
+    return {k: v.asnumpy() for k, v in list(arg.items()) + list(aux.items())}
+
+
+def test_two_devices_equal_one_device_at_the_same_total_batch(tiny_data):
+    """cpu0,cpu1 with 2 images each = cpu with the 4 images: the devices' gradients are summed
+    and scaled by 1/devices (rescale_grad). Each device sees [a, b], so its BatchNorm statistics
+    are those of the whole batch [a, b, a, b] and the single-device step is the exact reference."""
+    from vargfacenet.data.recordio import FaceRecordReader
+    with FaceRecordReader(tiny_data['train']) as reader:
+        pair = np.stack([reader.read_image(int(k))[1] for k in reader.image_keys[:2]])
+    images = np.concatenate([pair, pair]).transpose(0, 3, 1, 2).astype(np.float32)
+    batch = mx.io.DataBatch(data=[mx.nd.array(images)], label=[mx.nd.array([1, 3, 1, 3])])
+    over = {'optimizer': {'lr': 0.01}, 'schedule': {'warmup_steps': 0}}
+    single = tiny_cfg(tiny_data, over, {'train': {'ctx': 'cpu', 'batch_size': 4}})
+    double = tiny_cfg(tiny_data, over, {'train': {'ctx': 'cpu0,cpu1', 'kv_store': 'local',
+                                                  'batch_size': 2}})
+    sym = get_symbol(single.network.name, **single.network.kwargs)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
+    mx.random.seed(5)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    init = mod.get_params()
+    rng = np.random.RandomState(0)
+    init[0]['fc7_weight'] = mx.nd.array(rng.randn(5, 64) * 0.1)
+    one = one_step_params(single, batch, init)
+    two = one_step_params(double, batch, init)
+    assert one.keys() == two.keys()
+    moved = [k for k in one if not np.allclose(one[k], init[0].get(k, init[1].get(k)).asnumpy())]
+    assert 'fc7_weight' in moved and len(moved) > 50          # the step changed the network
+    for k in one:
+        # (float rounding differs between the two batch layouts: 1e-3 relative; the mutation
+        # this guards against, a missing 1/devices, doubles every update)
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-3, atol=1e-3 * np.abs(one[k]).max(),
+                                   err_msg=k)
+
+
+def test_refused_run_keeps_the_existing_runs_config(tiny_data, tmp_path):
+    run_dir = str(tmp_path / 'run')
+    pipeline.train_one(tiny_cfg(tiny_data), run_dir)
+    config = os.path.join(run_dir, 'model-config.json')
+    before = open(config).read()
+    with pytest.raises(FileExistsError, match='--resume'):
+        pipeline.train_one(tiny_cfg(tiny_data, {'optimizer': {'lr': 0.5}}), run_dir)
+    assert open(config).read() == before
+
+
+def test_verifier_keeps_the_best_checkpoint_with_its_recorded_accuracy(tiny_data, tmp_path):
+    """Verification every step; checkpoints every 2 steps keep the last one and the best one,
+    and the kept best checkpoint scores exactly the accuracy recorded for it."""
+    from vargfacenet.eval.evaluate import evaluate_checkpoint
+    cfg = tiny_cfg(tiny_data, {'schedule': {'max_steps': 6}, 'optimizer': {'lr': 0.01},
+                               'log': {'verify_every': 1, 'checkpoint_every': 2}})
+    summary = pipeline.train_one(cfg, str(tmp_path / 'run'))
+    history = summary['history']
+    assert [h['step'] for h in history] == [1, 2, 3, 4, 5, 6]
+    scores = [h['verification']['synth_lfw']['accuracy_flip_mean'] for h in history]
+    best = summary['best']
+    assert best['accuracy'] == max(scores)
+    assert best['step'] == history[scores.index(max(scores))]['step']
+    prefix = summary['prefix']
+    kept = checkpoint_indices(prefix)
+    assert best['index'] in kept and summary['index'] in kept
+    assert len(kept) <= 3             # last two + best; the others were removed
+    again = evaluate_checkpoint((prefix, best['index']), tiny_data['val'])
+    assert again['verification']['synth_lfw']['accuracy_flip_mean'] == \
+        pytest.approx(best['accuracy'], abs=1e-9)
+
+
+def test_resume_of_a_network_with_dropout_matches_uninterrupted(tiny_data, tmp_path):
+    """LResNet's head has Dropout, driven by MXNet's RNG: the resumed run must draw what the
+    uninterrupted one drew (the RNG is reseeded from (seed, step) at every checkpoint)."""
+    over = [{'network': {'name': 'r18', 'kwargs': {}}},
+            {'schedule': {'max_steps': 3}, 'train': {'batch_size': 2},
+             'optimizer': {'lr': 0.01}, 'log': {'checkpoint_every': 1}}]
+    cfg = lambda: load_config('smoke', [{'data': dict(tiny_data)}] + over)  # noqa: E731
+    full = pipeline.train_one(cfg(), str(tmp_path / 'full'))
+
+    def kill(run, step, losses):
+        if step == 3:
+            raise KeyboardInterrupt('simulated kill')
+    killed = str(tmp_path / 'killed')
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_one(cfg(), killed, stop_check=kill)
+    resumed = pipeline.train_one(cfg(), killed, resume=True)
+    a = params_of(full['prefix'], full['index'])
+    b = params_of(resumed['prefix'], resumed['index'])
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    # and the Dropout draws matter: another seed gives other parameters
+    other = load_config('smoke', [{'data': dict(tiny_data)}] + over + [{'train': {'seed': 1}}])
+    third = pipeline.train_one(other, str(tmp_path / 'other'))
+    c = params_of(third['prefix'], third['index'])
+    assert not all(np.allclose(c[k], a[k]) for k in a)
