@@ -160,6 +160,114 @@ def _histogram(scores):
     return np.bincount(_bin_of(scores), minlength=HIST_BINS)
 
 
+def allowed_false_accepts(fpr, count):
+    """``floor(fpr * count)``, the false accepts (or false alarms) allowed at rate ``fpr``.
+
+    The ``1e-9`` absorbs float rounding of products that are integers in exact arithmetic
+    (``0.29 * 100`` is ``28.999999999999996`` in floats; 29 false accepts are allowed)."""
+    return int(math.floor(fpr * count + 1e-9))
+
+
+def _first_pass(features, labels, block_size):
+    """First pass over all pairs: the impostor score histogram and the genuine scores.
+
+    ``features`` must be L2-normalised and sorted by ``labels`` (see :func:`_blocks`).
+
+    Returns
+    -------
+    (hist, genuine)
+        ``hist``: int64 counts of the impostor scores per bin (:data:`HIST_BINS` bins over
+        [-1, 1]), computed as all scores minus the genuine ones (there are few);
+        ``genuine``: the genuine scores as read from the score matrices (float32, unsorted).
+    """
+    hist = np.zeros(HIST_BINS, np.int64)
+    genuine = []
+    for scores, gen in _blocks(features, labels, block_size):
+        hist += _histogram(scores)
+        genuine.append(gen)
+    genuine = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
+    hist -= _histogram(genuine)
+    return hist, genuine
+
+
+def _threshold_bins(impostor_histogram, fprs):
+    """Per FPR, the histogram bin that holds its threshold.
+
+    At FPR ``f`` with ``k = floor(f * N_imp)`` allowed false accepts, the threshold is the
+    ``(k+1)``-th largest impostor score. FPRs with ``k < 1`` (no false accept allowed: not
+    measurable) or ``k >= N_imp`` are left out.
+
+    Returns
+    -------
+    dict
+        ``{f: (k, b, higher)}``: ``b`` the bin holding the ``(k+1)``-th largest impostor score,
+        ``higher`` the number of impostor scores in bins above ``b`` (``higher <= k``).
+    """
+    hist = impostor_histogram
+    n_imp = int(hist.sum())
+    above = np.cumsum(hist[::-1])[::-1]           # impostors in bins >= b
+    wanted = {}
+    for f in fprs:
+        k = allowed_false_accepts(f, n_imp)
+        if k < 1 or k >= n_imp:
+            continue
+        b = int(np.flatnonzero(above >= k + 1)[-1])   # bin holding the (k+1)-th largest
+        wanted[f] = (k, b, int(above[b] - hist[b]))    # impostors in higher bins
+    return wanted
+
+
+def _scores_in_bins(features, labels, bins, block_size):
+    """Second pass over all pairs: every score (genuine and impostor) lying in one of ``bins``.
+
+    Returns ``{b: float32 array of the scores in bin b}`` (the same float32 values as the first
+    pass read, in no particular order); ``{}`` when ``bins`` is empty, without a pass.
+    """
+    inside = {int(b): [] for b in bins}
+    if not inside:
+        return {}
+    targets = np.array(sorted(inside), np.int32)
+    # only scores at or above the lowest wanted bin can matter: one comparison per score,
+    # then binning of that (small, for FPRs <= 0.1) remainder
+    lowest = np.float32(targets[0] / _BIN_SCALE - 1.0 - 1e-6)
+    for scores, _ in _blocks(features, labels, block_size):
+        flat = scores.ravel()
+        flat = flat[flat >= lowest]
+        bins_of = _bin_of(flat)
+        hit = np.isin(bins_of, targets)
+        values, value_bins = flat[hit], bins_of[hit]
+        for b in inside:
+            inside[b].append(values[value_bins == b])
+    return {b: np.concatenate(v) if v else np.zeros(0, np.float32) for b, v in inside.items()}
+
+
+def _threshold_row(k, higher, in_bin, genuine_sorted):
+    """Exact threshold, TPR and false accepts at one FPR.
+
+    Parameters
+    ----------
+    k : int
+        Allowed false accepts; the threshold is the ``(k+1)``-th largest impostor score.
+    higher : int
+        Impostor scores in bins above the threshold's bin (``higher <= k``).
+    in_bin : array
+        The impostor scores in the threshold's bin (genuine scores already removed).
+    genuine_sorted : array
+        All genuine scores, ascending.
+
+    Returns
+    -------
+    (threshold, tpr, false_accepts)
+        Impostors tied at the threshold are rejected (``false_accepts`` counts those strictly
+        above it, at most ``k``); TPR is the share of genuine scores strictly above it.
+    """
+    in_bin = np.sort(np.asarray(in_bin).astype(np.float64))[::-1]
+    threshold = float(in_bin[k - higher])        # (k+1)-th largest overall
+    n_gen = len(genuine_sorted)
+    tpr = float(n_gen - np.searchsorted(genuine_sorted, threshold, side='right')) / n_gen
+    false_accepts = higher + int(np.sum(in_bin > threshold))
+    return threshold, tpr, false_accepts
+
+
 def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
     """TPR at fixed FPR over all pairs (LFR2019 deepglint-light), exact and streaming.
 
@@ -170,10 +278,12 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
     above it. An ``f`` below ``1 / N_imp`` allows no false accept at all and is reported as not
     measurable (``tpr`` None).
 
-    Two passes over the pairs, with matrix products per block: the first histograms all scores
-    (65,536 bins) and keeps the genuine scores (there are few; impostor counts = all - genuine),
-    the second collects the scores inside the bins that hold each threshold, from which the
-    genuine ones are removed before ranking them exactly.
+    Two passes over the pairs, with matrix products per block: the first
+    (:func:`_first_pass`) histograms all scores (65,536 bins) and keeps the genuine scores
+    (there are few; impostor counts = all - genuine); :func:`_threshold_bins` finds the bin
+    holding each threshold; the second pass (:func:`_scores_in_bins`) collects the scores inside
+    those bins, from which the genuine ones are removed (:func:`_remove_genuine`) before
+    :func:`_threshold_row` ranks them exactly.
 
     Returns
     -------
@@ -189,43 +299,15 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
         raise ValueError('%d features but %d labels' % (len(features), len(labels)))
     order = np.argsort(labels, kind='stable')
     features, labels = features[order], labels[order]
-    hist = np.zeros(HIST_BINS, np.int64)
-    genuine = []
-    for scores, gen in _blocks(features, labels, block_size):
-        hist += _histogram(scores)
-        genuine.append(gen)
-    genuine = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
-    hist -= _histogram(genuine)
-    genuine32 = genuine
-    genuine = np.sort(genuine.astype(np.float64))
+    hist, genuine32 = _first_pass(features, labels, block_size)
+    genuine = np.sort(genuine32.astype(np.float64))
     n_imp, n_gen = int(hist.sum()), len(genuine)
     if n_gen == 0:
         raise ValueError('no genuine pairs: every identity has a single image')
     if n_imp == 0:
         raise ValueError('no impostor pairs: a single identity')
-    # per FPR: k allowed false accepts; the threshold is the (k+1)-th largest impostor score
-    wanted = {}
-    above = np.cumsum(hist[::-1])[::-1]           # impostors in bins >= b
-    for f in fprs:
-        k = int(math.floor(f * n_imp + 1e-9))
-        if k < 1 or k >= n_imp:
-            continue
-        b = int(np.flatnonzero(above >= k + 1)[-1])   # bin holding the (k+1)-th largest
-        wanted[f] = (k, b, int(above[b] - hist[b]))    # impostors in higher bins
-    inside = {b: [] for _, b, _ in wanted.values()}
-    if inside:
-        targets = np.array(sorted(inside), np.int32)
-        # only scores at or above the lowest wanted bin can matter: one comparison per score,
-        # then binning of that (small, for FPRs <= 0.1) remainder
-        lowest = np.float32(targets[0] / _BIN_SCALE - 1.0 - 1e-6)
-        for scores, _ in _blocks(features, labels, block_size):
-            flat = scores.ravel()
-            flat = flat[flat >= lowest]
-            bins = _bin_of(flat)
-            hit = np.isin(bins, targets)
-            values, value_bins = flat[hit], bins[hit]
-            for b in inside:
-                inside[b].append(values[value_bins == b])
+    wanted = _threshold_bins(hist, fprs)
+    inside = _scores_in_bins(features, labels, {b for _, b, _ in wanted.values()}, block_size)
     rows = []
     for f in fprs:
         if f not in wanted:
@@ -233,11 +315,8 @@ def tpr_at_fpr(features, labels, fprs=DEFAULT_FPRS, block_size=4096):
                              false_accepts=None))
             continue
         k, b, higher = wanted[f]
-        in_bin = _remove_genuine(np.concatenate(inside[b]), genuine32, b)
-        in_bin = np.sort(in_bin.astype(np.float64))[::-1]
-        threshold = float(in_bin[k - higher])        # (k+1)-th largest overall
-        tpr = float(n_gen - np.searchsorted(genuine, threshold, side='right')) / n_gen
-        false_accepts = higher + int(np.sum(in_bin > threshold))
+        in_bin = _remove_genuine(inside[b], genuine32, b)
+        threshold, tpr, false_accepts = _threshold_row(k, higher, in_bin, genuine)
         rows.append(dict(fpr=f, tpr=tpr, threshold=threshold, measurable=True,
                          false_accepts=false_accepts))
     return dict(rows=rows, num_genuine=n_gen, num_impostor=n_imp, genuine_scores=genuine,
@@ -293,7 +372,7 @@ def identification(gallery, gallery_labels, probes, probe_labels, fpirs=(1e-1, 1
                rank1=float(correct[mated].mean()) if mated.any() else None, tpir=[])
     nonmated = np.sort(top[~mated])[::-1]
     for f in fpirs:
-        k = int(math.floor(f * len(nonmated) + 1e-9))
+        k = allowed_false_accepts(f, len(nonmated))
         if len(nonmated) == 0 or k < 1:
             out['tpir'].append(dict(fpir=f, tpir=None, threshold=None, measurable=False))
             continue

@@ -1,6 +1,7 @@
 """Metrics against independent computations (sklearn, brute force), feature files, CLIs."""
 import json
-import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -128,6 +129,13 @@ def test_identification_split_and_rank1():
     out = metrics.identification(feats[gallery], labels[gallery], feats[probes], labels[probes],
                                  fpirs=(0.5,))
     assert out['rank1'] == 1.0 and out['num_mated'] == 3 and out['num_nonmated'] == 2
+    # FPIR 0.5 over 2 non-mated probes: k = 1, the threshold is the lower of their best scores;
+    # every mated probe (best score ~1) is above it
+    unit = metrics.l2_normalize(feats).astype(np.float64)
+    nonmated_best = (unit[probes][labels[probes] == 1] @ unit[gallery].T).max(1)
+    assert out['tpir'] == [dict(fpir=0.5, tpir=1.0,
+                                threshold=pytest.approx(nonmated_best.min(), abs=1e-6),
+                                measurable=True)]
 
 
 def test_lfr_cli_on_feature_files(tmp_path, capsys):
@@ -166,15 +174,65 @@ def test_verification_cli_on_embeddings(tmp_path, capsys):
                            str(tmp_path / 'i.npy')])
 
 
+def png_chunks(data):
+    """Chunk types of a PNG file, checking the signature and every chunk's CRC."""
+    assert data[:8] == b'\x89PNG\r\n\x1a\n', 'not a PNG signature'
+    chunks, pos = [], 8
+    while pos < len(data):
+        length = struct.unpack('>I', data[pos:pos + 4])[0]
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        crc = struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])[0]
+        assert len(body) == length and zlib.crc32(kind + body) == crc, 'broken %r chunk' % kind
+        chunks.append((kind, body))
+        pos += 12 + length
+    return chunks
+
+
+def coloured_pixels(path):
+    """Pixels of the image that are clearly not grey (the plotted curves; axes, text and grid
+    are black or grey)."""
+    import matplotlib.image
+    rgb = matplotlib.image.imread(path)[..., :3].astype(np.float64)
+    return int(np.sum(rgb.max(-1) - rgb.min(-1) > 0.25))
+
+
 def test_report_writes_markdown_and_png(tmp_path):
     from vargfacenet.eval.report import write_report
-    result = dict(name='ours', steps=10, dataset='synthetic',
-                  verification={'synth_lfw': dict(accuracy_flip_mean=0.8, accuracy_flip_std=0.05)},
-                  lfr=dict(tpr_at_fpr=[dict(fpr=1e-2, tpr=0.5, measurable=True)],
-                           roc=dict(fpr=[1e-3, 1e-2, 1e-1, 1.0], tpr=[0.2, 0.5, 0.8, 1.0])))
-    paths = write_report([result], str(tmp_path))
+    ours = dict(name='ours', steps=10, dataset='synthetic',
+                verification={'synth_lfw': dict(accuracy_flip_mean=0.8, accuracy_flip_std=0.05)},
+                lfr=dict(tpr_at_fpr=[dict(fpr=1e-2, tpr=0.5, measurable=True)],
+                         roc=dict(fpr=[1e-3, 1e-2, 1e-1, 1.0], tpr=[0.2, 0.5, 0.8, 1.0])))
+    theirs = dict(name='theirs', steps=20, dataset='synthetic',
+                  verification={'synth_lfw': dict(accuracy_flip_mean=0.91234,
+                                                  accuracy_flip_std=0.00567)},
+                  lfr=dict(tpr_at_fpr=[dict(fpr=1e-2, tpr=None, measurable=False)],
+                           roc=dict(fpr=[1e-2, 1.0], tpr=[0.1, 1.0])))
+    paths = write_report([ours, theirs], str(tmp_path / 'both'), title='Hand-made results')
     text = open(paths['markdown']).read()
+    assert text == paths['text']
+    assert '# Hand-made results' in text
+    # one row per model, its numbers formatted from the input: name, steps, the pack's
+    # accuracy mean +- std, TPR@FPR=1e-2, then the data it was measured on
     assert '| ours | 10 | 0.8000 +- 0.0500 | 0.5000 |' in text
-    assert 'synthetic data' in text and '0.99833' in text          # published recursive=2 LFW
-    assert open(paths['roc'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
-    assert os.path.getsize(paths['roc']) > 1000
+    rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+            for line in text.splitlines() if line.startswith(('| ours |', '| theirs |'))}
+    assert sorted(rows) == ['ours', 'theirs']
+    assert rows['theirs'][:2] == ['20', '0.9123 +- 0.0057']
+    assert '0.5000' not in rows['theirs'] and '0.9123' not in ' '.join(rows['ours'])
+    with pytest.raises(ValueError):                 # not measurable: no number shown
+        float(rows['theirs'][2])
+    assert rows['ours'][-1] == rows['theirs'][-1] == 'synthetic data'
+    assert 'synth_lfw' in text
+    # the plot: a valid PNG (signature, CRCs, header, data, end) with the curves drawn in colour,
+    # which a report of the same models without ROC data lacks
+    data = open(paths['roc'], 'rb').read()
+    chunks = png_chunks(data)
+    assert chunks[0][0] == b'IHDR' and chunks[-1][0] == b'IEND'
+    assert any(kind == b'IDAT' for kind, _ in chunks)
+    width, height = struct.unpack('>II', chunks[0][1][:8])
+    assert width > 100 and height > 100 and len(data) > 1000
+    bare = [dict(r, lfr=dict(tpr_at_fpr=r['lfr']['tpr_at_fpr'])) for r in (ours, theirs)]
+    no_roc = write_report(bare, str(tmp_path / 'bare'), title='Hand-made results')
+    assert png_chunks(open(no_roc['roc'], 'rb').read())[-1][0] == b'IEND'
+    assert coloured_pixels(paths['roc']) > 100
+    assert coloured_pixels(no_roc['roc']) == 0
