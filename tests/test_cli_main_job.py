@@ -2,6 +2,7 @@
 runs, at a size that takes a minute)."""
 import os
 
+from vargfacenet.data.binpack import load_bin
 from vargfacenet.eval.evaluate import load_metrics
 from vargfacenet.train import train_kd
 
@@ -14,13 +15,20 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
     train_kd.main(argv)
     results = load_metrics([run_dir])
     assert sorted(r['name'] for r in results) == ['from scratch', 'recursive=1',
-                                                  'teacher (vargfacenet)']
+                                                  'teacher (vargfacenet)', 'untrained']
+    report = open(os.path.join(run_dir, 'report.md')).read()
+    pairs = len(load_bin(os.path.join(str(tmp_path / 'syn'), 'synth_lfw.bin'))[1])
     for r in results:
         assert r['dataset'] == 'synthetic'
-        assert 0.0 <= r['verification']['synth_lfw']['accuracy_flip_mean'] <= 1.0
+        figures = r['verification']['synth_lfw']
+        assert figures['num_pairs'] == pairs
+        # every model's row shows its own figures
+        row = [line for line in report.splitlines() if line.startswith('| %s |' % r['name'])]
+        assert len(row) == 1 and '%.4f +- %.4f' % (figures['accuracy_flip_mean'],
+                                                  figures['accuracy_flip_std']) in row[0]
         assert r['lfr']['num_genuine'] > 0
-    report = open(os.path.join(run_dir, 'report.md')).read()
-    assert 'recursive=1' in report and '0.99833' in report
+    steps = {r['name']: r['steps'] for r in results}
+    assert steps['untrained'] == 0 and steps['from scratch'] == steps['recursive=1'] == 3
     assert os.path.getsize(os.path.join(run_dir, 'roc.png')) > 1000
     assert os.path.isfile(os.path.join(run_dir, 'log.txt'))
     # a second run reuses every finished stage instead of training again

@@ -138,7 +138,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
     Returns
     -------
     list of dict
-        One entry per model (teacher, scratch, gen1..genN): name, prefix, index, evaluation.
+        One entry per model (teacher, [untrained, scratch,] gen1..genN): name, prefix, index.
     """
     from vargfacenet.train.distill import FrozenTeacher, TeacherCache
     if generations < 1:
@@ -149,7 +149,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
     models = []
     if teacher_spec is None:
         if teacher_cfg is None:
-            raise ValueError('give a teacher checkpoint (--teacher PREFIX,EPOCH) or a teacher '
+            raise ValueError('give a teacher checkpoint (--teacher PREFIX,INDEX) or a teacher '
                              'config to train one')
         teacher_cfg.data.update(train=cfg.data.train, val=cfg.data.val, test=cfg.data.test)
         summary = train_or_reuse(teacher_cfg, run_dir, 'teacher', tag='[teacher] ')
@@ -171,6 +171,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
             with FaceRecordReader(cfg.data.train) as reader:
                 cache = TeacherCache.build(teacher, reader, path)
     if baseline:
+        models.append(save_untrained(cfg, run_dir))
         summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
                                  init=ckpt.load_init(init) if init else None)
         models.append(dict(summary, name='from scratch'))
@@ -183,6 +184,23 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         models.append(dict(summary, name='recursive=%d' % generation))
         previous = ckpt.load_init((summary['prefix'], summary['index']))
     return models
+
+
+def save_untrained(cfg, run_dir, name='model-untrained'):
+    """Checkpoint 0 of the student network as initialised (the training initializer and seed,
+    no step): the reference row that shows how much training adds. Reused when present."""
+    prefix = os.path.join(run_dir, name)
+    if ckpt.latest_checkpoint(prefix) != 0:
+        import mxnet as mx
+        from vargfacenet.train.loop import make_initializer
+        sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
+        module = mx.mod.Module(sym, label_names=None)
+        module.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
+        mx.random.seed(cfg.train.seed)
+        module.init_params(make_initializer(cfg.train))
+        arg, aux = module.get_params()
+        ckpt.save_embedding(prefix, 0, sym, arg, aux)
+    return dict(name='untrained', prefix=prefix, index=0, steps=0, network=cfg.network.name)
 
 
 def evaluate_models(models, cfg, dataset_label):
