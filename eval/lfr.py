@@ -37,8 +37,21 @@ def open_set_split(labels):
     return np.array(gallery, np.int64), np.array(probes, np.int64)
 
 
-def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='features'):
-    """TPR@FPR rows, pair counts and identification of a labelled feature matrix."""
+def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='features',
+                      errors=True):
+    """TPR@FPR rows, pair counts and identification of a labelled feature matrix.
+
+    With ``errors`` (default) also the measurement errors a comparison needs:
+
+    * each measurable TPR row gets ``tpr_se`` (cluster-robust over identities, at the measured
+      threshold; :func:`~vargfacenet.eval.metrics.clustered_rate`) and ``accepts`` (genuine
+      pairs above the threshold per identity, in the order of ``genuine_pairs``), so two models
+      on the same set are compared with :func:`~vargfacenet.eval.metrics.paired_rate_difference`;
+    * ``verification``: 10-fold accuracy on a balanced pair list over the set's identities in
+      identity-disjoint folds (:func:`~vargfacenet.eval.metrics.verification_pairs`, seed 0:
+      the same pairs for every model), with its standard error and per-fold accuracies, when the
+      set has at least 20 identities with two images.
+    """
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels)
     if features.ndim != 2:
@@ -59,10 +72,36 @@ def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='featu
     fpr, tpr = metrics.roc_from_histogram(result['genuine_scores'],
                                           result['impostor_histogram'])
     keep = np.unique(np.geomspace(1, len(fpr), 400).astype(int) - 1)   # thin the curve
-    return dict(tpr_at_fpr=result['rows'], num_genuine=result['num_genuine'],
-                num_impostor=result['num_impostor'], num_images=len(labels),
-                num_identities=int(len(counts)), identification=ident,
-                roc=dict(fpr=fpr[keep].tolist(), tpr=tpr[keep].tolist()))
+    out = dict(tpr_at_fpr=result['rows'], num_genuine=result['num_genuine'],
+               num_impostor=result['num_impostor'], num_images=len(labels),
+               num_identities=int(len(counts)), identification=ident,
+               roc=dict(fpr=fpr[keep].tolist(), tpr=tpr[keep].tolist()))
+    if errors:
+        out.update(measurement_errors(features, labels, result['rows']))
+    return out
+
+
+def measurement_errors(features, labels, rows):
+    """``tpr_se`` and per-identity ``accepts`` for each measurable row (in place), the
+    ``genuine_pairs`` per identity, and the held-out ``verification`` figures (see
+    :func:`evaluate_features`)."""
+    measured = [r for r in rows if r['measurable']]
+    _, accepts, totals = metrics.genuine_accepts_by_identity(
+        features, labels, [r['threshold'] for r in measured])
+    for j, row in enumerate(measured):
+        row['tpr_se'] = metrics.clustered_rate(accepts[:, j], totals)[1]
+        row['accepts'] = accepts[:, j].tolist()
+    out = dict(genuine_pairs=totals.tolist(), verification=None)
+    try:
+        pairs, issame, folds = metrics.verification_pairs(labels)
+    except ValueError:
+        return out                      # too few identities for 10 identity-disjoint folds
+    normed = metrics.l2_normalize(features)
+    acc = metrics.verification_accuracy(normed[pairs.reshape(-1)], issame, folds=folds)
+    out['verification'] = dict(accuracy=acc['accuracy_mean'], accuracy_se=acc['accuracy_se'],
+                               fold_accuracies=acc['accuracies'], num_pairs=len(issame),
+                               num_genuine=int(issame.sum()))
+    return out
 
 
 def evaluate_rec(embedder, rec_path, fprs=metrics.DEFAULT_FPRS):

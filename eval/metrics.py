@@ -4,6 +4,10 @@
 * :func:`tpr_at_fpr`: LFR2019 deepglint-light's TPR at fixed FPR over *all* pairs of a test set,
   computed exactly and streaming (memory O(N * block), never O(N^2)).
 * :func:`identification`: 1:N rank-1 and TPIR at fixed FPIR.
+* :func:`verification_pairs`: a balanced pair list over a labelled held-out set with
+  identity-disjoint folds, for :func:`verification_accuracy` with standard errors;
+  :func:`clustered_rate`, :func:`paired_difference`: standard errors of rates and of
+  differences between two models measured on the same pairs.
 * :func:`roc_auc`, :func:`equal_error_rate` on score/label lists.
 
 Nothing here is available in a library in this form: sklearn's ``roc_curve`` needs every score
@@ -29,7 +33,8 @@ def fold_slices(n, nrof_folds=10):
     return np.array_split(np.arange(n), nrof_folds)
 
 
-def verification_accuracy(embeddings, issame, nrof_folds=10, thresholds=VERIFICATION_THRESHOLDS):
+def verification_accuracy(embeddings, issame, nrof_folds=10, thresholds=VERIFICATION_THRESHOLDS,
+                          folds=None):
     """insightface's verification protocol on pair embeddings.
 
     Parameters
@@ -40,13 +45,17 @@ def verification_accuracy(embeddings, issame, nrof_folds=10, thresholds=VERIFICA
     nrof_folds : int
     thresholds : array
         Squared-distance thresholds; a pair is predicted "same" when ``dist < threshold``.
+    folds : list of index arrays or None
+        The pairs of each fold; default insightface's contiguous folds (:func:`fold_slices`).
 
     Returns
     -------
     dict
-        ``accuracy_mean``, ``accuracy_std`` (population std over folds), ``accuracies``,
-        ``best_thresholds`` (per fold, chosen on the other folds; ties -> smallest), ``tpr``,
-        ``fpr`` (mean over folds per threshold), ``thresholds``.
+        ``accuracy_mean``, ``accuracy_std`` (population std over folds, as insightface prints),
+        ``accuracy_se`` (standard error of the mean: sample std / sqrt(folds); meaningful when
+        the folds are independent, e.g. identity-disjoint), ``accuracies``, ``best_thresholds``
+        (per fold, chosen on the other folds; ties -> smallest), ``tpr``, ``fpr`` (mean over
+        folds per threshold), ``thresholds``.
     """
     embeddings = np.asarray(embeddings, np.float64)
     issame = np.asarray(issame, bool)
@@ -59,7 +68,7 @@ def verification_accuracy(embeddings, issame, nrof_folds=10, thresholds=VERIFICA
     predict = dist[:, None] < np.asarray(thresholds)[None, :]          # (P, T)
     tp = predict & issame[:, None]
     fp = predict & ~issame[:, None]
-    folds = fold_slices(n, nrof_folds)
+    folds = fold_slices(n, nrof_folds) if folds is None else [np.asarray(f) for f in folds]
     accuracies, best, tprs, fprs = [], [], [], []
     for test in folds:
         train = np.setdiff1d(np.arange(n), test)
@@ -71,7 +80,9 @@ def verification_accuracy(embeddings, issame, nrof_folds=10, thresholds=VERIFICA
         tprs.append(tp[test].sum(0) / pos if pos else np.zeros(len(thresholds)))
         fprs.append(fp[test].sum(0) / neg if neg else np.zeros(len(thresholds)))
     accuracies = np.array(accuracies)
+    se = float(accuracies.std(ddof=1) / np.sqrt(len(accuracies))) if len(accuracies) > 1 else None
     return dict(accuracy_mean=float(accuracies.mean()), accuracy_std=float(accuracies.std()),
+                accuracy_se=se,
                 accuracies=accuracies.tolist(), best_thresholds=best,
                 tpr=np.mean(tprs, 0), fpr=np.mean(fprs, 0), thresholds=np.asarray(thresholds),
                 num_pairs=int(n))
@@ -381,3 +392,125 @@ def identification(gallery, gallery_labels, probes, probe_labels, fpirs=(1e-1, 1
         out['tpir'].append(dict(fpir=f, tpir=float(hit.sum() / max(mated.sum(), 1)),
                                 threshold=threshold, measurable=True))
     return out
+
+
+def verification_pairs(labels, nrof_folds=10, seed=0):
+    """A balanced verification pair list over a labelled set, in identity-disjoint folds.
+
+    Identities with at least two images are dealt into ``nrof_folds`` folds (seeded shuffle,
+    round robin); fold f holds every genuine pair of its identities and as many impostor pairs,
+    drawn (seeded, without repeats) among the images of its own identities. Folds therefore share
+    no identity and no image, so their accuracies are independent and the standard error of the
+    mean over folds is meaningful; and two models evaluated on the same list can be compared fold
+    by fold (:func:`paired_difference`).
+
+    Returns
+    -------
+    pairs : int64 array (P, 2)
+        Indices into ``labels``, fold after fold.
+    issame : bool array (P,)
+    folds : list of int64 arrays
+        The pair indices of each fold (for :func:`verification_accuracy`).
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(seed)
+    ids = np.array(sorted({int(k) for k in labels if np.sum(labels == k) >= 2}))
+    if len(ids) < 2 * nrof_folds:
+        raise ValueError('verification_pairs needs at least %d identities with two or more images '
+                         '(two per fold), got %d' % (2 * nrof_folds, len(ids)))
+    ids = ids[rng.permutation(len(ids))]
+    pairs, issame, folds = [], [], []
+    for f in range(nrof_folds):
+        members = [np.flatnonzero(labels == k) for k in ids[f::nrof_folds]]
+        genuine = [(a, b) for idx in members for i, a in enumerate(idx) for b in idx[i + 1:]]
+        owner = np.concatenate([np.full(len(idx), j) for j, idx in enumerate(members)])
+        images = np.concatenate(members)
+        possible = len(images) * (len(images) - 1) // 2 - len(genuine)
+        if possible < len(genuine):
+            raise ValueError('fold %d: %d genuine pairs but only %d impostor pairs exist among its '
+                             'images; use more identities' % (f, len(genuine), possible))
+        impostor = set()
+        while len(impostor) < len(genuine):
+            a, b = rng.randint(len(images), size=2)
+            if owner[a] != owner[b]:
+                impostor.add((min(images[a], images[b]), max(images[a], images[b])))
+        start = len(pairs)
+        pairs += genuine + sorted(impostor)
+        issame += [True] * len(genuine) + [False] * len(impostor)
+        folds.append(np.arange(start, len(pairs)))
+    return np.array(pairs, np.int64), np.array(issame, bool), folds
+
+
+def clustered_rate(successes, totals):
+    """A rate ``sum(successes) / sum(totals)`` over clusters and its standard error.
+
+    Pairs of one identity are not independent (they share images), so the binomial error
+    understates the uncertainty; this is the cluster-robust (ratio-estimator) standard error with
+    identities as clusters: ``sqrt(K / (K - 1) * sum_i (s_i - p n_i)^2) / sum_i n_i``.
+
+    Returns
+    -------
+    (rate, se)
+    """
+    s = np.asarray(successes, np.float64)
+    n = np.asarray(totals, np.float64)
+    if len(s) != len(n) or not len(n) or n.sum() <= 0:
+        raise ValueError('clustered_rate needs matching, non-empty successes and totals')
+    p = s.sum() / n.sum()
+    k = len(n)
+    se = math.sqrt(k / (k - 1) * np.sum((s - p * n) ** 2)) / n.sum() if k > 1 else float('nan')
+    return float(p), float(se)
+
+
+def paired_difference(a, b):
+    """Mean of ``a - b`` over paired units (folds, or per-cluster residuals) and its standard
+    error, ``std(a - b, ddof=1) / sqrt(n)``. Returns (difference, se)."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError('paired_difference needs at least two paired values')
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def paired_rate_difference(successes_a, successes_b, totals):
+    """Difference of two rates measured on the same clusters (``sum(s_a)/sum(n) -
+    sum(s_b)/sum(n)``) and its cluster-robust standard error (the residuals
+    ``(s_a - p_a n) - (s_b - p_b n)`` per cluster, as in :func:`clustered_rate`)."""
+    sa, sb = (np.asarray(v, np.float64) for v in (successes_a, successes_b))
+    n = np.asarray(totals, np.float64)
+    if not len(sa) == len(sb) == len(n) > 1:
+        raise ValueError('paired_rate_difference needs at least two matching clusters')
+    pa, pb = sa.sum() / n.sum(), sb.sum() / n.sum()
+    r = (sa - pa * n) - (sb - pb * n)
+    k = len(n)
+    return float(pa - pb), float(math.sqrt(k / (k - 1) * np.sum(r ** 2)) / n.sum())
+
+
+def genuine_accepts_by_identity(features, labels, thresholds):
+    """Genuine pairs scoring strictly above each threshold, per identity with two or more images
+    (cosine similarity of L2-normalised features): the inputs of :func:`clustered_rate` and
+    :func:`paired_rate_difference` for TPRs measured at those thresholds.
+
+    Returns
+    -------
+    (identities, accepts, totals)
+        ``identities`` (K,) labels in ascending order; ``accepts`` int64 (K, len(thresholds));
+        ``totals`` int64 (K,) genuine pairs per identity.
+    """
+    features = l2_normalize(features)
+    labels = np.asarray(labels)
+    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
+    order = np.argsort(labels, kind='stable')
+    features, labels = features[order], labels[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(labels)) + 1]
+    ends = np.r_[starts[1:], len(labels)]
+    identities, accepts, totals = [], [], []
+    for s, e in zip(starts, ends):
+        if e - s < 2:
+            continue
+        f = features[s:e]
+        scores = (f @ f.T)[np.triu_indices(e - s, k=1)].astype(np.float64)
+        identities.append(labels[s])
+        accepts.append((scores[:, None] > thresholds[None, :]).sum(0))
+        totals.append(len(scores))
+    return (np.array(identities), np.array(accepts, np.int64).reshape(-1, len(thresholds)),
+            np.array(totals, np.int64))

@@ -140,3 +140,25 @@ def test_checkpoint_layer_and_missing_parameter_errors(model, tmp_path):
     with pytest.raises(ValueError, match='lacks 1 parameters'):
         Embedder(sym, partial, aux)
     assert not os.listdir(str(tmp_path))
+
+
+def test_test_set_figures_carry_consistent_standard_errors():
+    """Per-identity accepts add up to the exact TPR; the held-out verification uses identity-
+    disjoint folds and reports the standard error of its mean."""
+    from vargfacenet.eval.lfr import evaluate_features
+    rng = np.random.RandomState(2)
+    centres = rng.randn(40, 16)
+    labels = np.repeat(np.arange(40), 4)
+    feats = centres[labels] + 0.9 * rng.randn(len(labels), 16)
+    out = evaluate_features(feats, labels, fprs=(1e-1, 1e-2))
+    total = np.sum(out['genuine_pairs'])
+    assert total == out['num_genuine'] == 40 * 6
+    for row in out['tpr_at_fpr']:
+        assert np.sum(row['accepts']) / total == pytest.approx(row['tpr'], abs=1e-12)
+        want = metrics.clustered_rate(row['accepts'], out['genuine_pairs'])[1]
+        assert row['tpr_se'] == pytest.approx(want) and 0 < row['tpr_se'] < 0.2
+    ver = out['verification']
+    assert ver['num_genuine'] == 240 and ver['num_pairs'] == 480
+    assert len(ver['fold_accuracies']) == 10
+    assert ver['accuracy'] == pytest.approx(np.mean(ver['fold_accuracies']))
+    assert ver['accuracy_se'] == pytest.approx(np.std(ver['fold_accuracies'], ddof=1) / np.sqrt(10))

@@ -246,3 +246,77 @@ def test_roc_from_histogram_hand_example():
     at = [0, 16384, 32768, 49152]
     assert fpr[at].tolist() == [1.0, 0.75, 0.5, 0.0]
     assert tpr[at].tolist() == [1.0, 1.0, 0.75, 0.5]
+
+
+def test_verification_pairs_are_balanced_identity_disjoint_and_seeded():
+    labels = np.repeat(np.arange(40), [2, 3, 4, 5, 3] * 8)
+    labels = np.concatenate([labels, [100, 101, 102]])        # single-image identities
+    pairs, issame, folds = metrics.verification_pairs(labels, nrof_folds=10, seed=4)
+    again = metrics.verification_pairs(labels, nrof_folds=10, seed=4)
+    np.testing.assert_array_equal(pairs, again[0])
+    assert len(folds) == 10 and sorted(np.concatenate(folds)) == list(range(len(pairs)))
+    seen_ids = []
+    for fold in folds:
+        same = issame[fold]
+        assert same.sum() == (~same).sum() > 0                  # balanced within the fold
+        ids = set(labels[pairs[fold].ravel()].tolist())
+        assert not ids & set(seen_ids)                          # identity-disjoint folds
+        seen_ids += list(ids)
+        p = pairs[fold]
+        assert (labels[p[same, 0]] == labels[p[same, 1]]).all()
+        assert (labels[p[~same, 0]] != labels[p[~same, 1]]).all()
+        assert len({tuple(x) for x in p}) == len(p)               # no repeated pair
+    # every genuine pair of the 40 identities, once: sum of C(n, 2)
+    assert issame.sum() == 8 * (1 + 3 + 6 + 10 + 3)
+    assert not {100, 101, 102} & set(seen_ids)
+    with pytest.raises(ValueError, match='at least 20 identities'):
+        metrics.verification_pairs(labels[:40], nrof_folds=10)
+
+
+def test_verification_accuracy_on_given_folds_and_its_standard_error():
+    # 4 folds of 4 pairs; distances put fold 3's genuine pair on the wrong side
+    e = np.zeros((32, 2))
+    dists = [0.0, 0.0, 4.0, 4.0] * 3 + [4.0, 0.0, 4.0, 4.0]
+    for k, d in enumerate(dists):
+        e[2 * k] = [1, 0]
+        e[2 * k + 1] = [1, 0] if d == 0 else [-1, 0]
+    issame = np.array([True, True, False, False] * 4)
+    folds = [np.arange(4 * f, 4 * f + 4) for f in range(4)]
+    result = metrics.verification_accuracy(e, issame, folds=folds)
+    # folds 0-2 all right (4/4); fold 3: its first genuine pair is at distance 4 -> 3/4
+    assert result['accuracies'] == [1.0, 1.0, 1.0, 0.75]
+    assert result['accuracy_mean'] == pytest.approx(0.9375)
+    # sample std of (1, 1, 1, .75) = 0.125, / sqrt(4)
+    assert result['accuracy_se'] == pytest.approx(0.0625)
+
+
+def test_clustered_rate_and_paired_difference_hand_examples():
+    # clusters (s, n): (2, 2), (0, 2), (3, 4): p = 5/8; residuals s - p n = .75, -1.25, .5
+    p, se = metrics.clustered_rate([2, 0, 3], [2, 2, 4])
+    assert p == pytest.approx(5 / 8)
+    assert se == pytest.approx(np.sqrt(3 / 2 * (0.75 ** 2 + 1.25 ** 2 + 0.5 ** 2)) / 8)
+    d, se = metrics.paired_difference([0.9, 0.8, 0.7], [0.8, 0.8, 0.5])
+    # differences .1, 0, .2: mean .1, sample std .1, / sqrt(3)
+    assert d == pytest.approx(0.1) and se == pytest.approx(0.1 / np.sqrt(3))
+    with pytest.raises(ValueError):
+        metrics.paired_difference([1.0], [0.5])
+
+
+def test_genuine_accepts_by_identity_counts_pairs_strictly_above():
+    f = np.array([[1, 0], [1, 0], [0, 1], [1, 0], [0.6, 0.8], [0, 1]], np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    # thresholds are float32 scores (as tpr_at_fpr reports them): 0.6 as a float32
+    ids, accepts, totals = metrics.genuine_accepts_by_identity(
+        f, labels, [float(np.float32(0.6)), -0.5])
+    # identity 0: scores 1, 0, 0 -> 1 above 0.6, 3 above -0.5; identity 1: 0.6, not strictly
+    # above 0.6; identity 2 has one image: no genuine pair
+    assert ids.tolist() == [0, 1]
+    assert accepts.tolist() == [[1, 3], [0, 1]] and totals.tolist() == [3, 1]
+
+
+def test_paired_rate_difference_hand_example():
+    # a: (2, 1, 3) of (2, 2, 4) -> 6/8; b: (1, 1, 2) -> 4/8; residuals:
+    # a - .75 n = .5, -.5, 0; b - .5 n = 0, 0, 0 -> r = .5, -.5, 0
+    d, se = metrics.paired_rate_difference([2, 1, 3], [1, 1, 2], [2, 2, 4])
+    assert d == pytest.approx(0.25)
+    assert se == pytest.approx(np.sqrt(3 / 2 * 0.5) / 8)
