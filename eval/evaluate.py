@@ -18,6 +18,9 @@ The metrics file (``<prefix>-metrics.json``, one per evaluated model, read by
     ``{pack name: figures}``, see :func:`vargfacenet.eval.verification.evaluate_bin`
 ``lfr`` (optional)
     test-set figures, see :func:`vargfacenet.eval.lfr.evaluate_features`
+``history`` (optional)
+    learning curve of a model trained here: ``loss`` ([step, training loss] pairs), ``heldout``
+    ([step, verification accuracy on ``pack``] pairs)
 """
 import glob
 import json
@@ -67,12 +70,15 @@ def evaluate_checkpoint(spec, packs=(), test_rec=None, batch_size=32, ctx=None,
     return evaluate_embedder(embedder, packs, test_rec, fprs)
 
 
-def metrics_record(name, prefix, index, evaluation, dataset, steps=None, network=None):
+def metrics_record(name, prefix, index, evaluation, dataset, steps=None, network=None,
+                   history=None):
     """One model's metrics-file content (see the module docstring for the fields)."""
     record = dict(name=name, prefix=prefix, index=index, steps=steps, network=network,
                   dataset=dataset, verification=evaluation.get('verification', {}))
     if 'lfr' in evaluation:
         record['lfr'] = evaluation['lfr']
+    if history:
+        record['history'] = history
     return record
 
 

@@ -26,35 +26,130 @@ PUBLISHED = [
 PUBLISHED_DATA = 'MS1M-RetinaFace training; real LFW / CFP-FP / AgeDB-30; LFR2019 deepglint-light'
 
 
-def _tpr(lfr, fpr):
+def _row(lfr, fpr):
     for row in (lfr or {}).get('tpr_at_fpr', []):
         if abs(row['fpr'] - fpr) <= 1e-6 * fpr:
-            return row['tpr'] if row['measurable'] else None
+            return row
     return None
 
 
-def markdown(results, title, fprs=(1e-2, 1e-3, 1e-4)):
-    """The report as markdown text."""
+def _with_error(value, error):
+    return '%.4f' % value if error is None else '%.4f +- %.4f' % (value, error)
+
+
+def _tpr_cell(lfr, fpr):
+    row = _row(lfr, fpr)
+    if row is None:
+        return ''
+    if not row['measurable']:
+        return 'n/m'
+    return _with_error(row['tpr'], row.get('tpr_se'))
+
+
+def _heldout_cell(lfr):
+    ver = (lfr or {}).get('verification')
+    return _with_error(ver['accuracy'], ver['accuracy_se']) if ver else ''
+
+
+def default_comparisons(names):
+    """The paired comparisons a distillation run asks for, among ``names``: each generation
+    against the one before it (generation 1 against the from-scratch baseline), and each
+    generation-1 variant (``'recursive=1 (angular)'``) against ``'recursive=1'``."""
+    out = []
+    for name in names:
+        if name == 'recursive=1' and 'from scratch' in names:
+            out.append((name, 'from scratch'))
+        elif name.startswith('recursive=') and name[10:].isdigit():
+            before = 'recursive=%d' % (int(name[10:]) - 1)
+            if before in names:
+                out.append((name, before))
+        elif name.startswith('recursive=1 (') and 'recursive=1' in names:
+            out.append((name, 'recursive=1'))
+    return out
+
+
+def compare(a, b, fpr=1e-3):
+    """Paired differences ``a - b`` of two models measured on the same test set: held-out
+    verification accuracy (fold by fold) and TPR at ``fpr`` (identity by identity), each with
+    its standard error; None where either lacks the figures."""
+    from vargfacenet.eval import metrics
+    out = {}
+    va, vb = (r.get('lfr', {}).get('verification') for r in (a, b))
+    if va and vb and len(va['fold_accuracies']) == len(vb['fold_accuracies']):
+        out['accuracy'] = metrics.paired_difference(va['fold_accuracies'],
+                                                    vb['fold_accuracies'])
+    ra, rb = _row(a.get('lfr'), fpr), _row(b.get('lfr'), fpr)
+    pairs = a.get('lfr', {}).get('genuine_pairs')
+    if ra and rb and 'accepts' in ra and 'accepts' in rb and pairs and \
+            pairs == b['lfr'].get('genuine_pairs'):
+        out['tpr'] = metrics.paired_rate_difference(ra['accepts'], rb['accepts'], pairs)
+    return out
+
+
+def _verdict(difference, se):
+    if se is None or se != se:
+        return ''
+    if abs(difference) > 2 * se:
+        return 'better' if difference > 0 else 'worse'
+    return 'no difference beyond 2 SE'
+
+
+def comparison_lines(results, comparisons, fpr=1e-3):
+    by_name = {r['name']: r for r in results}
+    lines = ['## Paired comparisons (same test set: same pairs, same identities)', '',
+             '| comparison | held-out accuracy difference | verdict | TPR@FPR=%g difference '
+             '| verdict |' % fpr, '|---|---|---|---|---|']
+    for a, b in comparisons:
+        if a not in by_name or b not in by_name:
+            continue
+        diff = compare(by_name[a], by_name[b], fpr)
+        cells = ['%s vs %s' % (a, b)]
+        for key in ('accuracy', 'tpr'):
+            if key in diff:
+                d, se = diff[key]
+                cells += ['%+.4f +- %.4f' % (d, se), _verdict(d, se)]
+            else:
+                cells += ['', '']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', '+- is the standard error of the difference: over the 10 identity-disjoint '
+              'folds for accuracy, over identities for TPR (cluster-robust, at each model\'s '
+              'own threshold). "better"/"worse": the difference exceeds twice its standard '
+              'error.', '']
+    return lines
+
+
+def markdown(results, title, fprs=(1e-2, 1e-3, 1e-4), comparisons=None):
+    """The report as markdown text: our models (with standard errors), paired comparisons,
+    the published rows."""
     packs = sorted({p for r in results for p in r.get('verification', {})})
-    lines = ['# %s' % title, '', '## Our models', '',
-             '| model | steps | ' + ' | '.join(packs) + ' | ' +
-             ' | '.join('TPR@FPR=%g' % f for f in fprs) + ' | measured on |',
-             '|' + '---|' * (3 + len(packs) + len(fprs))]
+    heldout = any((r.get('lfr') or {}).get('verification') for r in results)
+    header = ['model', 'steps'] + (['held-out verification'] if heldout else []) + \
+        ['TPR@FPR=%g' % f for f in fprs] + ['%s (10-fold)' % p for p in packs] + ['measured on']
+    lines = ['# %s' % title, '', '## Our models', '', '| ' + ' | '.join(header) + ' |',
+             '|' + '---|' * len(header)]
     for r in results:
-        cells = [r['name'], str(r.get('steps') or '')]
+        steps = r.get('steps')
+        cells = [r['name'], '' if steps is None else str(steps)]
+        if heldout:
+            cells.append(_heldout_cell(r.get('lfr')))
+        cells += [_tpr_cell(r.get('lfr'), f) for f in fprs]
         for p in packs:
             v = r.get('verification', {}).get(p)
             cells.append('%.4f +- %.4f' % (v['accuracy_flip_mean'], v['accuracy_flip_std'])
                          if v else '')
-        for f in fprs:
-            value = _tpr(r.get('lfr'), f)
-            cells.append('%.4f' % value if value is not None else
-                         ('n/m' if r.get('lfr') else ''))
         cells.append('%s data' % r.get('dataset', '?'))
         lines.append('| ' + ' | '.join(cells) + ' |')
-    lines += ['', 'Verification: 10-fold accuracy with flip (insightface protocol), mean +- std. '
-              'TPR@FPR over all pairs of the test set; n/m = not measurable (fewer than 1/FPR '
-              'impostor pairs).', '', '## Published (for reference, different data)', '',
+    lines += ['', 'Held-out verification: 10-fold accuracy (flip-summed embeddings) on a balanced '
+              'list of pairs of the test set\'s identities in identity-disjoint folds, '
+              '+- standard error of the mean. TPR@FPR over all pairs of the test set, +- '
+              'standard error over identities; n/m = not measurable (fewer than 1/FPR impostor '
+              'pairs). Packs: insightface\'s protocol, +- the fold standard deviation as '
+              'insightface prints it (not an error of the mean).', '']
+    comparisons = default_comparisons([r['name'] for r in results]) \
+        if comparisons is None else comparisons
+    if comparisons:
+        lines += comparison_lines(results, comparisons)
+    lines += ['## Published (for reference, different data)', '',
               '| model | LFW | CFP-FP | AgeDB-30 | deepglint-light TPR@FPR=1e-8 | measured on |',
               '|---|---|---|---|---|---|']
     for p in PUBLISHED:
@@ -96,16 +191,54 @@ def plot_roc(results, path):
     return path
 
 
-def write_report(results, out_dir, title='VarGFaceNet results'):
-    """Write ``report.md`` and ``roc.png`` to ``out_dir``; returns their paths."""
+def plot_curves(results, path):
+    """Learning curves of every model with a training history: training loss (left) and
+    held-out accuracy (right) against the step."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in results:
+        history = r.get('history') or {}
+        if history.get('loss'):
+            steps, values = zip(*history['loss'])
+            line, = loss_ax.plot(steps, values, label=r['name'])
+            if history.get('heldout'):
+                steps, values = zip(*history['heldout'])
+                acc_ax.plot(steps, values, marker='o', color=line.get_color(), label=r['name'])
+    loss_ax.set_xlabel('step')
+    loss_ax.set_ylabel('training loss (margin softmax + alpha x distillation)')
+    loss_ax.set_yscale('log')
+    acc_ax.set_xlabel('step')
+    acc_ax.set_ylabel('held-out verification accuracy')
+    for ax in (loss_ax, acc_ax):
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle('Learning curves (%s data)' % (results[0].get('dataset', '?')
+                                                 if results else '?'))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
+    plt.close(fig)
+    return path
+
+
+def write_report(results, out_dir, title='VarGFaceNet results', comparisons=None):
+    """Write ``report.md``, ``roc.png`` and, when any model has a training history,
+    ``curves.png`` to ``out_dir``; returns their paths and the text."""
     os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, 'report.md')
     png_path = os.path.join(out_dir, 'roc.png')
-    text = markdown(results, title) + '\n![ROC](roc.png)\n'
+    text = markdown(results, title, comparisons=comparisons) + '\n![ROC](roc.png)\n'
+    out = dict(markdown=md_path, roc=png_path)
+    if any((r.get('history') or {}).get('loss') for r in results):
+        out['curves'] = plot_curves(results, os.path.join(out_dir, 'curves.png'))
+        text += '\n![learning curves](curves.png)\n'
     with atomic_open(md_path, 'w') as f:
         f.write(text)
     plot_roc(results, png_path)
-    return dict(markdown=md_path, roc=png_path, text=text)
+    out['text'] = text
+    return out
 
 
 def main(argv=None):

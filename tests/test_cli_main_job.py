@@ -30,6 +30,15 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
     steps = {r['name']: r['steps'] for r in results}
     assert steps['untrained'] == 0 and steps['from scratch'] == steps['recursive=1'] == 3
     assert os.path.getsize(os.path.join(run_dir, 'roc.png')) > 1000
+    # standard errors beside the test-set figures, the learning curves beside the table
+    for r in results:
+        if r['name'] != 'untrained':
+            assert r['history']['loss'][-1][0] == r['steps']
+        for row in r['lfr']['tpr_at_fpr']:
+            if row['measurable'] and row['fpr'] in (1e-2, 1e-3, 1e-4):   # the report's columns
+                assert '%.4f +- %.4f' % (row['tpr'], row['tpr_se']) in report
+    assert '![learning curves](curves.png)' in report
+    assert os.path.getsize(os.path.join(run_dir, 'curves.png')) > 1000
     assert os.path.isfile(os.path.join(run_dir, 'log.txt'))
     # a second run reuses every finished stage instead of training again
     stamp = os.path.getmtime(os.path.join(run_dir, 'model-gen1-train.json'))

@@ -1,5 +1,6 @@
 """Metrics against independent computations (sklearn, brute force), feature files, CLIs."""
 import json
+import os
 import struct
 import zlib
 
@@ -11,6 +12,7 @@ from sklearn.model_selection import KFold
 from vargfacenet.eval import metrics
 from vargfacenet.eval.features import read_features, write_features
 from vargfacenet.eval.lfr import evaluate_features, open_set_split
+from vargfacenet.eval.report import write_report
 
 
 def straightforward_verification(emb, issame):
@@ -211,16 +213,15 @@ def test_report_writes_markdown_and_png(tmp_path):
     text = open(paths['markdown']).read()
     assert text == paths['text']
     assert '# Hand-made results' in text
-    # one row per model, its numbers formatted from the input: name, steps, the pack's
-    # accuracy mean +- std, TPR@FPR=1e-2, then the data it was measured on
-    assert '| ours | 10 | 0.8000 +- 0.0500 | 0.5000 |' in text
+    # one row per model, its numbers formatted from the input: name, steps, TPR@FPR=1e-2,
+    # 1e-3, 1e-4 (not given: empty), the pack's accuracy mean +- std, the data
+    assert '| ours | 10 | 0.5000 |  |  | 0.8000 +- 0.0500 | synthetic data |' in text
     rows = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
             for line in text.splitlines() if line.startswith(('| ours |', '| theirs |'))}
     assert sorted(rows) == ['ours', 'theirs']
-    assert rows['theirs'][:2] == ['20', '0.9123 +- 0.0057']
+    assert rows['theirs'][0] == '20' and rows['theirs'][4] == '0.9123 +- 0.0057'
     assert '0.5000' not in rows['theirs'] and '0.9123' not in ' '.join(rows['ours'])
-    with pytest.raises(ValueError):                 # not measurable: no number shown
-        float(rows['theirs'][2])
+    assert rows['theirs'][1] == 'n/m'               # not measurable: no number shown
     assert rows['ours'][-1] == rows['theirs'][-1] == 'synthetic data'
     assert 'synth_lfw' in text
     # the plot: a valid PNG (signature, CRCs, header, data, end) with the curves drawn in colour,
@@ -236,3 +237,51 @@ def test_report_writes_markdown_and_png(tmp_path):
     assert png_chunks(open(no_roc['roc'], 'rb').read())[-1][0] == b'IEND'
     assert coloured_pixels(paths['roc']) > 100
     assert coloured_pixels(no_roc['roc']) == 0
+    assert 'curves' not in paths and 'Paired comparisons' not in text
+
+
+def heldout_record(name, fold_accuracies, accepts, tpr_se=0.01, history=None):
+    pairs = [6] * len(accepts)
+    lfr = dict(tpr_at_fpr=[dict(fpr=1e-3, tpr=sum(accepts) / sum(pairs), measurable=True,
+                                tpr_se=tpr_se, accepts=accepts, threshold=0.5)],
+               genuine_pairs=pairs,
+               verification=dict(accuracy=float(np.mean(fold_accuracies)),
+                                 accuracy_se=float(np.std(fold_accuracies, ddof=1) / np.sqrt(
+                                     len(fold_accuracies))),
+                                 fold_accuracies=fold_accuracies))
+    return dict(name=name, steps=5, dataset='synthetic', verification={}, lfr=lfr,
+                history=history)
+
+
+def test_report_compares_models_on_the_same_pairs_and_draws_learning_curves(tmp_path):
+    base = [0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83, 0.77, 0.80, 0.80]
+    gen1 = [a + 0.05 for a in base]                    # +0.05 in every fold: SE 0
+    gen1[0] += 0.01
+    gen2 = [a + d for a, d in zip(gen1, [0.01, -0.01] * 5)]   # mean 0: no difference
+    curve = lambda k: dict(loss=[[1, 5.0 - k], [2, 4.0 - k], [3, 3.0 - k]],  # noqa: E731
+                           heldout=[[1, 0.6], [3, 0.7 + 0.05 * k]])
+    results = [heldout_record('from scratch', base, [3, 3, 3, 3], history=curve(0)),
+               heldout_record('recursive=1', gen1, [6, 5, 6, 4], history=curve(1)),
+               heldout_record('recursive=2', gen2, [6, 5, 6, 4], history=curve(2)),
+               heldout_record('recursive=1 (angular)', gen1, [3, 3, 3, 3])]
+    paths = write_report(results, str(tmp_path), title='t')
+    text = paths['text']
+    scratch_row = [line for line in text.splitlines() if line.startswith('| from scratch |')][0]
+    assert '| %.4f +- %.4f |' % (np.mean(base), np.std(base, ddof=1) / np.sqrt(10)) \
+        in scratch_row
+    assert '0.5000 +- 0.0100' in scratch_row           # TPR@1e-3 = 12/24 with its SE
+    comparisons = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
+                   for line in text.splitlines() if ' vs ' in line}
+    assert list(comparisons) == ['recursive=1 vs from scratch', 'recursive=2 vs recursive=1',
+                                 'recursive=1 (angular) vs recursive=1']
+    d = np.array(gen1) - np.array(base)
+    assert comparisons['recursive=1 vs from scratch'][:2] == [
+        '%+.4f +- %.4f' % (d.mean(), d.std(ddof=1) / np.sqrt(10)), 'better']
+    assert comparisons['recursive=2 vs recursive=1'][1] == 'no difference beyond 2 SE'
+    # TPR: 21/24 vs 12/24 over 4 identities; residuals (.75, -.25, .75, -1.25) -> SE
+    r = np.array([6, 5, 6, 4]) - 21 / 24 * 6 - (np.array([3, 3, 3, 3]) - 12 / 24 * 6)
+    se = np.sqrt(4 / 3 * np.sum(r ** 2)) / 24
+    assert comparisons['recursive=1 vs from scratch'][2] == '%+.4f +- %.4f' % (9 / 24, se)
+    assert comparisons['recursive=1 (angular) vs recursive=1'][3] == 'worse'
+    assert os.path.getsize(paths['curves']) > 1000 and '![learning curves](curves.png)' in text
+    assert coloured_pixels(paths['curves']) > 100

@@ -121,7 +121,8 @@ class TrainState:
         self.checkpoint_index = 0
         self.checkpoints = []
         self.best = None
-        self.history = []
+        self.history = []       # verification results: dict(step, verification)
+        self.losses = []        # [step, mean training loss since the previous log line]
         self.__dict__.update(kwargs)
 
     def as_dict(self):
@@ -177,6 +178,7 @@ class ProgressLogger(Callback):
         else:
             rate, eta = 'first step', '?'
         parts = {k: float(np.mean([w[k] for w in self.window])) for k in self.window[0]}
+        state.losses.append([state.step, parts.get('total', parts['ce'])])
         LOGGER.info('%sstep %d/%d epoch %d  %s  %s  lr %.3g  ETA %s', self.tag, state.step,
                     self.max_steps, state.epoch, rate,
                     '  '.join('%s %.4f' % kv for kv in parts.items()), run.learning_rate(), eta)

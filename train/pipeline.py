@@ -8,7 +8,8 @@ import os
 import time
 
 from vargfacenet.data.atomic import write_json
-from vargfacenet.eval.evaluate import evaluate_checkpoint, metrics_record, write_metrics
+from vargfacenet.eval.evaluate import (evaluate_checkpoint, metrics_record, pack_name,
+                                       write_metrics)
 from vargfacenet.runtime import checkpoint as ckpt
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train.config import save_config
@@ -87,7 +88,8 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     state = fit(run, cfg.schedule.max_steps, callbacks, resume_index=resume_index,
                 stop_check=stop_check)
     summary = dict(run=name, prefix=prefix, index=state.checkpoint_index, steps=state.step,
-                   best=state.best, history=state.history, seconds=time.time() - start,
+                   best=state.best, history=state.history, losses=state.losses,
+                   seconds=time.time() - start,
                    network=cfg.network.name, network_kwargs=dict(cfg.network.kwargs),
                    num_classes=num_classes, batch_size=run.batch_size,
                    distilled=teacher is not None or teacher_cache is not None)
@@ -203,6 +205,17 @@ def save_untrained(cfg, run_dir, name='model-untrained'):
     return dict(name='untrained', prefix=prefix, index=0, steps=0, network=cfg.network.name)
 
 
+def learning_curve(summary, cfg):
+    """``{'loss': [[step, loss]...], 'heldout': [[step, accuracy]...]}`` of a trained model
+    (accuracy on the pack verified during training), or None for a model not trained here."""
+    if not summary.get('losses'):
+        return None
+    pack = cfg.log.best_on or (pack_name(cfg.data.val[-1]) if cfg.data.val else None)
+    heldout = [[h['step'], h['verification'][pack]['accuracy_flip_mean']]
+               for h in summary.get('history', []) if pack in h.get('verification', {})]
+    return dict(loss=summary['losses'], heldout=heldout, pack=pack)
+
+
 def evaluate_models(models, cfg, dataset_label):
     """Evaluate each model's final checkpoint on the packs and the test set; writes
     ``<prefix>-metrics.json`` per model and returns the records."""
@@ -213,7 +226,8 @@ def evaluate_models(models, cfg, dataset_label):
                                          cfg.data.test)
         record = metrics_record(model['name'], model['prefix'], model['index'], evaluation,
                                 dataset_label, steps=model.get('steps'),
-                                network=model.get('network'))
+                                network=model.get('network'),
+                                history=learning_curve(model, cfg))
         write_metrics(record)
         results.append(record)
     return results
