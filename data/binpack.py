@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_path
-from vargfacenet.data.recordio import FaceDataError, FaceRecordReader, decode_image
+from vargfacenet.data.recordio import (FaceDataError, FaceRecordReader, decode_image,
+                                       encode_jpeg)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,19 +55,19 @@ def load_bin(path, image_size=(112, 112)):
 
 
 def save_bin(path, images, issame, quality=95):
-    """Write a pack (atomically). ``images``: RGB uint8 arrays or encoded bytes."""
+    """Write a pack (atomically).
+
+    ``images``: RGB uint8 HxWx3 arrays (encoded as JPEG at ``quality``) or encoded images
+    (``bytes`` or 1-D uint8 arrays, stored as they are).
+    """
     issame = [bool(x) for x in issame]
     if len(images) != 2 * len(issame):
         raise FaceDataError('%s: %d images for %d pairs, expected %d'
                             % (path, len(images), len(issame), 2 * len(issame)))
     bins = []
-    for img in images:
-        if isinstance(img, np.ndarray):
-            ok, buf = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if not ok:
-                raise FaceDataError('%s: JPEG encoding failed' % path)
-            img = buf.tobytes()
+    for i, img in enumerate(images):
+        if isinstance(img, np.ndarray) and img.ndim != 1:     # 1-D: encoded bytes, as load_bin
+            img = encode_jpeg(img, quality, '%s: image %d' % (path, i))
         bins.append(bytes(img))
     with atomic_path(path) as tmp:
         with open(tmp, 'wb') as f:

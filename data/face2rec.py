@@ -1,12 +1,20 @@
 """Build an insightface RecordIO set (train.rec/.idx/property) from images.
 
-``python data/face2rec.py --input ROOT_OR_LST --output OUT_DIR``
+``python data/face2rec.py --input ROOT_OR_LST --output OUT_DIR [--image-size 112] [--quality 95]``
 
-* a folder tree ``ROOT/<identity>/<image>`` of aligned faces: identities sorted by name get
-  labels 0..K-1, images are stored as they are (re-encoded only if not 112x112 JPEG-decodable);
+Input, one of:
+
+* a folder tree ``ROOT/<identity>/<image>`` (``.jpg .jpeg .png .bmp``) of aligned faces:
+  identities sorted by name get labels 0..K-1;
 * an insightface ``.lst`` file (tab-separated ``aligned  path  label  [x0 y0 x1 y1
-  [x1..x5 y1..y5]]``, paths relative to the file): ``aligned=1`` lines are stored as they are,
-  ``aligned=0`` lines are aligned to the ArcFace template from their 5 landmarks.
+  [x1..x5 y1..y5]]``, paths relative to the file): ``aligned=1`` lines are aligned faces,
+  ``aligned=0`` lines need the bounding box and 5 landmarks.
+
+Every image is decoded (OpenCV, as 3-channel colour: grey is replicated, alpha dropped) and
+re-encoded as JPEG at ``--quality``; no input bytes are copied through, even for JPEG input.
+Aligned faces must already be ``--image-size`` square (other sizes are an error: nothing is
+resized); unaligned faces are warped onto the ArcFace template from their 5 landmarks
+(:func:`~vargfacenet.data.align.align_face`; the bounding box is not used).
 
 Lines of one identity must be contiguous, as insightface's ``face2rec2.py`` requires. Output goes
 through temporary names, renamed when complete.
@@ -64,7 +72,9 @@ def lst_items(path):
 
 
 def build_rec(items, out_dir, image_size=112, quality=95):
-    """Write the RecordIO set; returns ``dict(num_images, num_classes)``."""
+    """Write the RecordIO set from ``(label, path, landmarks or None)`` items: each image is
+    decoded, aligned when it has landmarks (else it must be ``image_size`` square) and
+    re-encoded as JPEG at ``quality``. Returns ``dict(num_images, num_classes)``."""
     count = 0
     with FaceRecordWriter(out_dir, (image_size, image_size), quality=quality) as writer:
         for label, path, landmarks in items:

@@ -143,6 +143,39 @@ def decode_image(jpeg, source, key):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def encode_jpeg(rgb, quality=95, source='image'):
+    """JPEG bytes of an RGB uint8 HxWx3 array at ``quality`` (0..100; cv2 encodes BGR).
+
+    The one JPEG encoder of the package (RecordIO writer, ``.bin`` packs, synthetic set), so all
+    of them store identical bytes for identical pixels. ``source`` names the image in errors.
+
+    Raises
+    ------
+    FaceDataError
+        If ``rgb`` is not uint8 HxWx3, ``quality`` is outside 0..100, or encoding fails.
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or \
+            rgb.shape[2] != 3:
+        raise FaceDataError('%s: expected an RGB uint8 HxWx3 array to encode as JPEG, got %s'
+                            % (source, _describe(rgb)))
+    if not 0 <= int(quality) <= 100:
+        raise FaceDataError('%s: JPEG quality must be 0..100, got %r' % (source, quality))
+    try:
+        ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    except cv2.error as err:
+        raise FaceDataError('%s: JPEG encoding failed (%s)' % (source, str(err).strip()))
+    if not ok:
+        raise FaceDataError('%s: JPEG encoding failed' % source)
+    return buf.tobytes()
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return '%s array of shape %s' % (value.dtype, value.shape)
+    return type(value).__name__
+
+
 def _find_files(path, prefix='train'):
     if os.path.isdir(path):
         rec = os.path.join(path, prefix + '.rec')
@@ -341,15 +374,8 @@ class FaceRecordWriter:
                                     'without gaps' % (self.rec_path, label, len(self._ranges)))
             self._ranges.append([self._key, self._key])
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise FaceDataError('%s: image for label %d must be uint8 HxWx3 RGB, got %s %s'
-                                    % (self.rec_path, label, image.dtype, image.shape))
-            ok, buf = cv2.imencode('.jpg', cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-            if not ok:
-                raise FaceDataError('%s: JPEG encoding failed for label %d' % (self.rec_path,
-                                                                               label))
-            image = buf.tobytes()
+            image = encode_jpeg(image, self.quality,
+                                '%s: image %d (label %d)' % (self.rec_path, self._key, label))
         header = mx.recordio.IRHeader(0, float(label), self._key, 0)
         self._writer.write_idx(self._key, mx.recordio.pack(header, bytes(image)))
         self._key += 1

@@ -7,12 +7,23 @@
   balanced pairs, in file order);
 * ``DIR/test/``: LFR-style RecordIO test set of further held-out identities plus single-image
   distractor identities, for TPR@FPR;
-* ``DIR/dataset.json``: the manifest, written last; a folder without it is incomplete.
+* ``DIR/dataset.json``: the manifest, written last; a folder without it is incomplete. It holds
+  the config, the files' sha256 and, per split, the fingerprint of every identity's traits
+  (:func:`~vargfacenet.data.render.identity_fingerprint`, in label order).
 
-Train, pack and test identities are disjoint. Every identity and image is seeded from
-``(seed, split, identity, image)``, so the output does not depend on the number of workers.
+Train, pack, test and distractor identities are disjoint: an identity is its traits, drawn from
+a generator seeded with ``(seed, split, identity)`` (:func:`identity_traits`), and every image
+from one seeded with ``(seed, split, identity, image + 1)``, so the output does not depend on the
+number of workers.
+
+``python data/synthetic.py --out DIR --baselines`` also measures classical baselines on every
+``.bin`` pack of the set (reusing the set when ``DIR`` already holds it with the same config):
+raw-pixel cosine, the same on mean-centred pixels, and PCA+LDA fitted on the training split
+(:mod:`vargfacenet.data.baselines`), 10-fold accuracy by insightface's protocol; printed and
+written to ``DIR/baselines.json`` (:func:`compute_baselines`).
 """
 import argparse
+import glob
 import hashlib
 import json
 import logging
@@ -25,12 +36,16 @@ import cv2
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_open, write_json
-from vargfacenet.data.binpack import balanced_pairs, save_bin
-from vargfacenet.data.recordio import FaceRecordWriter
-from vargfacenet.data.render import render_face, sample_identity
+from vargfacenet.data.baselines import (MAX_PCA_COMPONENTS, PcaLda, centred_pixel_embeddings,
+                                        raw_pixel_embeddings)
+from vargfacenet.data.binpack import balanced_pairs, load_bin, save_bin
+from vargfacenet.data.recordio import (FaceDataError, FaceRecordReader, FaceRecordWriter,
+                                       encode_jpeg)
+from vargfacenet.data.render import identity_fingerprint, render_face, sample_identity
 
 LOGGER = logging.getLogger(__name__)
 MANIFEST = 'dataset.json'
+BASELINES = 'baselines.json'
 FORMAT_VERSION = 2   # bump whenever the renderer changes, so old sets are rebuilt
 
 # identities x images per split; pack pairs = folds x pairs per fold; nuisance strength in %
@@ -43,29 +58,38 @@ PRESETS = {
     'large': dict(train_ids=1000, train_images=20, pack_ids=300, pack_images=8, pack_pairs=600,
                   test_ids=300, test_images=8, distractors=5000, nuisance=100),
 }
+# each split's identities come from generators seeded apart by this code (see identity_traits)
 _SPLITS = {'train': 1, 'pack': 2, 'test': 3, 'distractor': 4}
 
 
+def identity_traits(seed, split, identity):
+    """The traits of identity ``identity`` (its label) of ``split``: what the identity is."""
+    return sample_identity(np.random.RandomState([seed, _SPLITS[split], identity]))
+
+
 def _render_identity(args):
-    """JPEG bytes of ``count`` images of one identity (runs in worker processes)."""
+    """``(fingerprint of the traits, JPEG bytes of count images)`` of one identity (runs in
+    worker processes)."""
     seed, split, identity, count, quality, nuisance = args
-    traits = sample_identity(np.random.RandomState([seed, _SPLITS[split], identity]))
+    traits = identity_traits(seed, split, identity)
     out = []
     for image in range(count):
         rgb = render_face(traits, np.random.RandomState([seed, _SPLITS[split], identity,
                                                          image + 1]), nuisance / 100.0)
-        ok, buf = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, quality])
-        out.append(buf.tobytes())
-    return out
+        out.append(encode_jpeg(rgb, quality, 'synthetic %s identity %d image %d'
+                               % (split, identity, image)))
+    return identity_fingerprint(traits), out
 
 
 def render_split(split, num_ids, images_per_id, seed, pool, nuisance=100, quality=95):
-    """List (per identity) of lists of JPEG bytes (``nuisance`` in percent)."""
+    """``(images, fingerprints)``: per identity, the list of its JPEG bytes and the
+    fingerprint of the traits it was rendered from (``nuisance`` in percent)."""
     jobs = [(seed, split, i, images_per_id, quality, nuisance) for i in range(num_ids)]
     if pool is None:
-        return [_render_identity(j) for j in jobs]
-    return pool.map(_render_identity, jobs, chunksize=max(1, num_ids // 16))
+        done = [_render_identity(j) for j in jobs]
+    else:
+        done = pool.map(_render_identity, jobs, chunksize=max(1, num_ids // 16))
+    return [images for _, images in done], [fingerprint for fingerprint, _ in done]
 
 
 def _write_rec(out_dir, identities, prefix='train'):
@@ -114,13 +138,17 @@ def build_dataset(out_dir, preset='default', seed=0, workers=None, **overrides):
     pool = multiprocessing.get_context('fork').Pool(workers) if workers > 1 else None
     try:
         c = config
-        train = render_split('train', c['train_ids'], c['train_images'], seed, pool,
-                             c['nuisance'])
+        fingerprints = {}
+        train, fingerprints['train'] = render_split('train', c['train_ids'], c['train_images'],
+                                                    seed, pool, c['nuisance'])
         LOGGER.info('rendered %d training images of %d identities', sum(map(len, train)),
                     len(train))
-        pack = render_split('pack', c['pack_ids'], c['pack_images'], seed, pool, c['nuisance'])
-        test = render_split('test', c['test_ids'], c['test_images'], seed, pool, c['nuisance'])
-        distractors = render_split('distractor', c['distractors'], 1, seed, pool, c['nuisance'])
+        pack, fingerprints['pack'] = render_split('pack', c['pack_ids'], c['pack_images'], seed,
+                                                  pool, c['nuisance'])
+        test, fingerprints['test'] = render_split('test', c['test_ids'], c['test_images'], seed,
+                                                  pool, c['nuisance'])
+        distractors, fingerprints['distractor'] = render_split('distractor', c['distractors'], 1,
+                                                               seed, pool, c['nuisance'])
     finally:
         if pool is not None:
             pool.close()
@@ -138,7 +166,7 @@ def build_dataset(out_dir, preset='default', seed=0, workers=None, **overrides):
     for name in ('train/train.rec', 'test/test.rec', 'synth_lfw.bin'):
         with open(os.path.join(out_dir, name), 'rb') as f:
             files[name] = hashlib.sha256(f.read()).hexdigest()
-    write_json(manifest, dict(config=config, files=files))
+    write_json(manifest, dict(config=config, files=files, identities=fingerprints))
     LOGGER.info('synthetic set (%s, seed %d) written to %s in %.1f s', preset, seed, out_dir,
                 time.time() - start)
     return dict(paths, config=config)
@@ -160,15 +188,90 @@ def ensure_dataset(out_dir, preset='default', seed=0, workers=None, **overrides)
 
 def make_sample_grid(out_png, seed=0, identities=5, images_per_identity=7):
     """PNG grid: one row per identity, one column per image of it."""
-    rows = [np.hstack([img for img in (cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
-                                       for j in _render_identity((seed, 'train', i,
-                                                                  images_per_identity, 95,
-                                                                  100)))])
+    rows = [np.hstack([cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+                       for j in _render_identity((seed, 'train', i, images_per_identity, 95,
+                                                  100))[1]])
             for i in range(identities)]
     ok, buf = cv2.imencode('.png', np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     with atomic_open(out_png, 'wb') as f:
         f.write(buf.tobytes())
     return out_png
+
+
+def _read_split(folder, limit=None):
+    """Images (N, H, W, 3) and labels of a RecordIO split: all, or ``limit`` evenly spaced over
+    the file (identities are contiguous, so each keeps about the same share)."""
+    with FaceRecordReader(folder) as reader:
+        keys, labels = reader.image_keys, reader.labels()
+        if limit is not None and len(keys) > limit:
+            chosen = np.unique(np.linspace(0, len(keys) - 1, int(limit)).round().astype(int))
+            keys, labels = keys[chosen], labels[chosen]
+        images = np.stack([reader.read_image(int(k))[1] for k in keys])
+    return images, labels
+
+
+BASELINE_METHODS = ('raw_pixel_cosine', 'centred_pixel_cosine', 'pca_lda')
+MAX_TRAIN_IMAGES = 5000     # PCA+LDA memory: about 0.3 GB per 1,000 faces of 112x112
+
+
+def compute_baselines(root, max_components=MAX_PCA_COMPONENTS, max_train_images=MAX_TRAIN_IMAGES):
+    """Verification accuracy of the classical baselines on every ``.bin`` pack under ``root``.
+
+    ``raw_pixel_cosine``: cosine of the raw pixel vectors; ``centred_pixel_cosine``: the same
+    after removing each image's mean (Pearson correlation); ``pca_lda``: PCA (at most
+    ``max_components``) + LDA fitted on ``root/train`` (at most ``max_train_images`` of it,
+    evenly spaced; :mod:`vargfacenet.data.baselines`).
+    Each is scored with insightface's 10-fold protocol on the L2-normalised embeddings
+    (:func:`vargfacenet.eval.metrics.verification_accuracy`; normalised in float64).
+
+    Returns
+    -------
+    dict
+        ``packs``: {pack name: {method: {``accuracy_mean``, ``accuracy_std``, ``accuracies``
+        (per fold), ``num_pairs``}}}; ``pca_components``, ``lda_dimensions``, ``train_images``,
+        ``train_identities``, ``seconds``.
+    """
+    # the one upward import of the data layer, for the CLI's scoring; eval.metrics is pure numpy
+    from vargfacenet.eval.metrics import verification_accuracy
+    start = time.time()
+    bins = sorted(glob.glob(os.path.join(root, '*.bin')))
+    if not bins:
+        raise FaceDataError('%s: no .bin verification packs' % root)
+    train_images, train_labels = _read_split(os.path.join(root, 'train'), max_train_images)
+    model = PcaLda(max_components).fit(train_images, train_labels)
+    del train_images
+    packs = {}
+    for path in bins:
+        images, issame = load_bin(path)
+        scores = {}
+        for method, embed in zip(BASELINE_METHODS, (raw_pixel_embeddings,
+                                                    centred_pixel_embeddings, model.transform)):
+            embeddings = np.asarray(embed(images), np.float64)
+            embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+            acc = verification_accuracy(embeddings, issame)
+            scores[method] = {k: acc[k] for k in ('accuracy_mean', 'accuracy_std', 'accuracies',
+                                                  'num_pairs')}
+        packs[os.path.splitext(os.path.basename(path))[0]] = scores
+    return dict(packs=packs, pca_components=model.num_components,
+                lda_dimensions=model.embedding_size, train_images=len(train_labels),
+                train_identities=int(len(np.unique(train_labels))),
+                seconds=round(time.time() - start, 1))
+
+
+def write_baselines(root, **kwargs):
+    """:func:`compute_baselines`, printed as a table and written to ``root/baselines.json``."""
+    result = compute_baselines(root, **kwargs)
+    print('| pack | pairs | raw-pixel cosine | centred-pixel cosine | PCA(%d)+LDA(%d) |'
+          % (result['pca_components'], result['lda_dimensions']))
+    print('|---|---:|---|---|---|')
+    for name, scores in result['packs'].items():
+        print('| %s | %d | %s |' % (name, scores['pca_lda']['num_pairs'], ' | '.join(
+            '%.4f +- %.4f' % (scores[m]['accuracy_mean'], scores[m]['accuracy_std'])
+            for m in BASELINE_METHODS)))
+    write_json(os.path.join(root, BASELINES), result)
+    LOGGER.info('baselines written to %s (%.1f s)', os.path.join(root, BASELINES),
+                result['seconds'])
+    return result
 
 
 def main(argv=None):
@@ -183,14 +286,23 @@ def main(argv=None):
     parser.add_argument('--images-per-identity', type=int, default=None,
                         help='override the training images per identity')
     parser.add_argument('--grid', default=None, help='also write a sample grid PNG here')
+    parser.add_argument('--baselines', action='store_true',
+                        help='reuse DIR if it holds this set (build it otherwise), then measure '
+                             'the raw/centred-pixel cosine and PCA+LDA baselines on its packs '
+                             'and write DIR/%s' % BASELINES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     overrides = {k: v for k, v in (('train_ids', args.identities),
                                    ('train_images', args.images_per_identity)) if v}
-    build_dataset(args.out, args.preset, args.seed, args.workers, **overrides)
+    if args.baselines:
+        ensure_dataset(args.out, args.preset, args.seed, args.workers, **overrides)
+    else:
+        build_dataset(args.out, args.preset, args.seed, args.workers, **overrides)
     if args.grid:
         make_sample_grid(args.grid, args.seed)
         LOGGER.info('sample grid: %s', args.grid)
+    if args.baselines:
+        write_baselines(args.out)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ import pytest
 from vargfacenet.data.align import (ARCFACE_TEMPLATE, align_face, estimate_similarity,
                                     parse_landmarks)
 from vargfacenet.data.face2rec import build_rec, lst_items, main
-from vargfacenet.data.recordio import FaceDataError, FaceRecordReader
+from vargfacenet.data.recordio import FaceDataError, FaceRecordReader, encode_jpeg
 
 
 def similarity(scale, angle, tx, ty):
@@ -58,34 +58,63 @@ def test_align_face_puts_landmarks_on_the_template():
         parse_landmarks(['1'] * 9, 'faces.lst', 4)
 
 
+def reencoded(path, quality=95):
+    """What face2rec stores for an aligned image file: its pixels, JPEG-encoded afresh."""
+    return encode_jpeg(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), quality)
+
+
 def test_face2rec_from_folder_and_lst(tmp_path):
     root = tmp_path / 'faces'
+    ramp = np.zeros((112, 112, 3), np.uint8)               # BGR: blue ramp, red reversed
+    ramp[..., 0], ramp[..., 1], ramp[..., 2] = np.arange(0, 224, 2)[None], 80, \
+        np.arange(222, -1, -2)[None]
     for name, value in (('bob', 50), ('alice', 150)):
         (root / name).mkdir(parents=True)
         for j in range(2):
             cv2.imwrite(str(root / name / ('%d.jpg' % j)), np.full((112, 112, 3), value + j,
                                                                    np.uint8))
+    cv2.imwrite(str(root / 'bob' / '2.png'), ramp)          # PNG in, JPEG out
     (root / 'alice' / 'notes.txt').write_text('not an image')
     out = str(tmp_path / 'rec')
     assert main(['--input', str(root), '--output', out]) is None
+    files = [root / 'alice' / '0.jpg', root / 'alice' / '1.jpg', root / 'bob' / '0.jpg',
+             root / 'bob' / '1.jpg', root / 'bob' / '2.png']
     with FaceRecordReader(out) as reader:
-        assert reader.num_images == 4 and reader.num_classes == 2
-        assert reader.labels().tolist() == [0, 0, 1, 1]               # alice < bob
-        assert abs(reader.read_image(1)[1].mean() - 150) < 3
-    # .lst with one unaligned face: a photo where the face sits at a known similarity
+        assert reader.num_images == 5 and reader.num_classes == 2
+        assert reader.labels().tolist() == [0, 0, 1, 1, 1]            # alice < bob
+        assert (reader.read_image(1)[1] == 150).all()
+        # every image decoded and re-encoded at --quality (95), never copied through
+        assert [reader.read_raw(k)[1] for k in range(1, 6)] == [reencoded(f) for f in files]
+        assert reader.read_raw(5)[1][:2] == b'\xff\xd8'                # the PNG is now JPEG
+        rgb = reader.read_image(5)[1]
+        assert np.abs(rgb.astype(int) - ramp[..., ::-1]).max() <= 8   # colours kept, as RGB
+    out_q = str(tmp_path / 'rec_q')
+    main(['--input', str(root), '--output', out_q, '--quality', '40'])
+    with FaceRecordReader(out_q) as reader:
+        assert reader.read_raw(5)[1] == reencoded(files[4], 40) != reencoded(files[4])
+    # .lst with one unaligned face: a photo where the face sits at a known similarity, with a
+    # white dot on each landmark
     m = similarity(1.5, 0.0, 20, 15)
     landmarks = ARCFACE_TEMPLATE @ m[:, :2].T + m[:, 2]
     photo = np.full((250, 250, 3), 30, np.uint8)
-    cv2.imwrite(str(tmp_path / 'photo.jpg'), photo)
+    for x, y in landmarks:
+        cv2.circle(photo, (int(round(x)), int(round(y))), 3, (255, 255, 255), -1)
+    cv2.imwrite(str(tmp_path / 'photo.png'), photo)
     lmk = ' '.join('%.3f' % v for v in list(landmarks[:, 0]) + list(landmarks[:, 1]))
-    lines = ['1\tfaces/alice/0.jpg\t0', '0\tphoto.jpg\t1\t0\t0\t10\t10\t' +
+    lines = ['1\tfaces/alice/0.jpg\t0', '0\tphoto.png\t1\t0\t0\t10\t10\t' +
              lmk.replace(' ', '\t')]
     (tmp_path / 'train.lst').write_text('\n'.join(lines) + '\n')
     out2 = str(tmp_path / 'rec2')
     build_rec(lst_items(str(tmp_path / 'train.lst')), out2)
     with FaceRecordReader(out2) as reader:
         assert reader.labels().tolist() == [0, 1]
-        assert reader.read_image(2)[1].shape == (112, 112, 3)
+        assert reader.read_raw(1)[1] == reencoded(files[0])
+        aligned = reader.read_image(2)[1]
+        parsed = parse_landmarks(lmk.split(), 'train.lst', 2)
+        assert reader.read_raw(2)[1] == encode_jpeg(align_face(photo, parsed), 95)
+    for x, y in ARCFACE_TEMPLATE:                          # the dots land on the template
+        assert aligned[int(round(y)), int(round(x))].min() > 200
+    assert abs(int(aligned[5, 56, 0]) - 30) <= 2 and abs(int(aligned[108, 5, 0]) - 30) <= 2
     (tmp_path / 'bad.lst').write_text('0\tphoto.jpg\t0\t1\t2\n')
     with pytest.raises(FaceDataError, match=r'bad\.lst line 1: an unaligned face needs'):
         build_rec(lst_items(str(tmp_path / 'bad.lst')), str(tmp_path / 'rec3'))

@@ -1,13 +1,17 @@
 """The embedded synthetic data set: deterministic, disjoint splits, a real recognition task."""
+import hashlib
 import json
 import os
+import pickle
 
+import cv2
 import numpy as np
+import pytest
 
 from vargfacenet.data.binpack import load_bin
 from vargfacenet.data.recordio import FaceRecordReader
-from vargfacenet.data.render import render_face, sample_identity
-from vargfacenet.data.synthetic import build_dataset, ensure_dataset
+from vargfacenet.data.render import identity_fingerprint, render_face, sample_identity
+from vargfacenet.data.synthetic import build_dataset, ensure_dataset, identity_traits
 from vargfacenet.eval.verification import evaluate_embeddings
 
 
@@ -24,6 +28,55 @@ def test_build_is_deterministic_and_independent_of_workers(tmp_path):
     assert not [f for f in os.listdir(a['root']) if f.endswith('.tmp')]
 
 
+def test_identity_splits_are_disjoint(tmp_path):
+    """No identity of the training split reappears in the pack, the test set or the distractors.
+
+    Labels restart at 0 in every split, so they say nothing; an identity is its traits. The
+    manifest lists, per split, the fingerprint of the traits each identity was rendered from
+    (computed in the rendering worker from the very traits it drew).
+    """
+    built = build_dataset(str(tmp_path / 'd'), 'tiny', seed=3, workers=1)
+    manifest = json.load(open(os.path.join(built['root'], 'dataset.json')))
+    ids = manifest['identities']
+    assert {k: len(v) for k, v in ids.items()} == dict(train=8, pack=10, test=6, distractor=6)
+    every = [f for split in ids.values() for f in split]
+    assert len(set(every)) == len(every) == 30            # disjoint, and distinct within a split
+    assert ids['train'][5] == identity_fingerprint(identity_traits(3, 'train', 5))
+    # no image is shared either: every JPEG of the set occurs once
+    jpegs = []
+    for folder in (built['train'], built['test']):
+        with FaceRecordReader(folder) as reader:
+            jpegs += [reader.read_raw(int(k))[1] for k in reader.image_keys]
+    with open(built['bins']['synth_lfw'], 'rb') as f:
+        pack = set(pickle.load(f)[0])                    # pairs reuse pack images
+    assert len(set(jpegs)) == len(jpegs) == 32 + 18 + 6 and not pack & set(jpegs)
+    # another seed: other identities altogether
+    other = build_dataset(str(tmp_path / 'e'), 'tiny', seed=4, workers=1)
+    other_ids = json.load(open(os.path.join(other['root'], 'dataset.json')))['identities']
+    assert not set(every) & {f for split in other_ids.values() for f in split}
+
+
+# sha256 of the tiny set (seed 0) as built before the renderer was split into steps and the JPEG
+# encoders were merged (both kept every byte); a change means saved sets differ: bump
+# synthetic.FORMAT_VERSION and record the new digests
+TINY_SEED0 = {
+    'train/train.rec': 'b78114ae4486f7b74b8e3558450692f199461c60a449cd61026351069121085d',
+    'test/test.rec': '94e1ab43f418d70d8b5b4f301783ad55564e898d1683765c038ee207213c7179',
+    'synth_lfw.bin': '9e0755b0b9672138ea078793b58a233140932c59f4fe061ea5578f6f217c176c',
+}
+
+
+@pytest.mark.skipif(not cv2.__version__.startswith('4.11.0'),
+                    reason='digests recorded with OpenCV 4.11.0 (its drawing and libjpeg)')
+def test_tiny_set_bytes_are_pinned(tmp_path):
+    built = build_dataset(str(tmp_path / 't'), 'tiny', seed=0, workers=1)
+    manifest = json.load(open(os.path.join(built['root'], 'dataset.json')))
+    assert manifest['files'] == TINY_SEED0
+    for name, digest in TINY_SEED0.items():                # and the manifest tells the truth
+        with open(os.path.join(built['root'], name), 'rb') as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest
+
+
 def test_layout_and_reuse(tmp_path, caplog):
     root = str(tmp_path / 'd')
     built = ensure_dataset(root, 'tiny', seed=1)
@@ -31,7 +84,7 @@ def test_layout_and_reuse(tmp_path, caplog):
         assert train.num_images == 32 and train.num_classes == 8
     with FaceRecordReader(built['test']) as test:
         counts = np.bincount(test.labels())
-        assert test.num_classes == 12 and sorted(set(counts)) == [1, 3]   # ids + distractors
+        assert test.num_classes == 12 and counts.tolist() == [3] * 6 + [1] * 6  # + distractors
     images, issame = load_bin(built['bins']['synth_lfw'])
     assert images.shape == (40, 112, 112, 3)
     assert (issame.reshape(10, -1).sum(1) == 1).all()     # every fold balanced
