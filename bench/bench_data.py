@@ -10,8 +10,7 @@ import tempfile
 import time
 
 from vargfacenet.data.atomic import write_json
-from vargfacenet.data.iterator import FaceImageIter
-from vargfacenet.data.synthetic import build_dataset
+from vargfacenet.runtime import settings
 
 
 def main(argv=None):
@@ -21,6 +20,9 @@ def main(argv=None):
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'data.json'))
     args = parser.parse_args(argv)
+    settings.apply()      # before the iterator and the renderer load MXNet
+    from vargfacenet.data.iterator import FaceImageIter
+    from vargfacenet.data.synthetic import build_dataset
     with tempfile.TemporaryDirectory() as tmp:
         ids = args.images // 20
         t = time.time()
@@ -40,7 +42,7 @@ def main(argv=None):
     print('| rendered | render s | render img/s | iterator img/s (batch 128, 2 threads) |')
     print('|---|---|---|---|')
     print('| %d | %.1f | %.0f | %.0f |' % (ids * 20, render, figures['render_images_per_s'],
-                                          figures['iterator_images_per_s']))
+                                           figures['iterator_images_per_s']))
     write_json(args.out, figures)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from vargfacenet.data.atomic import write_json
 from vargfacenet.eval import metrics
+from vargfacenet.runtime import settings
 
 
 def main(argv=None):
@@ -23,6 +24,7 @@ def main(argv=None):
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'lfr.json'))
     args = parser.parse_args(argv)
+    settings.apply()      # this entry point's process settings (the metric itself loads no MXNet)
     rng = np.random.RandomState(0)
     labels = rng.randint(0, args.ids, args.n)
     feats = rng.randn(args.ids, args.dim).astype(np.float32)[labels] + \

@@ -1,4 +1,4 @@
-"""Speed of the faithful graph vs the fast paths, oneDNN on and off, and ONNX Runtime.
+"""Speed of the faithful graph vs the fast paths, oneDNN on and off, ONNX Runtime and PyTorch.
 
 ``python bench/bench_speed.py [--repeats 5]`` prints one markdown table for inference at batch
 1, 16 and 32 and SGD training steps (ArcFace head, 1000 classes) at batch 8 and 32, for
@@ -8,27 +8,34 @@ N times, columns interleaved, and the median round is reported):
 
 * ``MXNet as installed`` - the reference graph with MXNet's own defaults: oneDNN on and
   ``omp_get_num_procs() / 2`` OpenMP threads on x86 (one of two cores on a machine without
-  hyper-threads, see :mod:`vargfacenet.symbol.mxnet_setup`);
+  hyper-threads, see :mod:`vargfacenet.runtime.settings`);
 * ``faithful, oneDNN`` - the reference graph with one OpenMP thread per physical core (what
-  importing ``vargfacenet.symbol`` sets; every column below uses it too);
+  :func:`vargfacenet.runtime.settings.apply` sets; every column below uses it too);
 * ``faithful, native`` - the same with ``MXNET_MKLDNN_ENABLED=0``;
 * ``graph, native`` - the standard-operator PReLU rewrite with native kernels;
 * ``fused, oneDNN`` - the fused C++ operators beside oneDNN convolutions (what training and
   evaluation use by default; inference batches above 16 run as tiles of 16 images,
-  :func:`vargfacenet.symbol.fastpath.tile_batch`);
-* ``ONNX Runtime`` - the exported model (``symbol/onnx_export.py``) on ONNX Runtime's CPU
-  provider, inference only (skipped with a note when onnxruntime is absent);
-* ``PyTorch eager`` - the same graph and parameter values run by
-  :mod:`vargfacenet.symbol.torch_port` (an optional extra, ``pip install -e ".[bench]"``;
-  skipped with a note when absent), same ArcFace training step; the faster of the NCHW and
-  channels_last memory layouts (channels_last is much faster for the grouped convolutions).
+  :func:`vargfacenet.runtime.fastpath.tile_batch`);
+* ``ONNX Runtime`` - the exported model (:mod:`vargfacenet.deploy.onnx_export`) on ONNX
+  Runtime's CPU provider, inference only (skipped with a note when onnxruntime is absent);
+* ``PyTorch eager`` - the networks written by hand as PyTorch users write them
+  (``bench/torch_vargfacenet.py``, ``bench/torch_mobilefacenet.py``; an optional extra,
+  ``pip install -e ".[bench]"``; skipped with a note when absent), one thread per physical
+  core, the same ArcFace training step; the faster of the NCHW and channels_last memory
+  layouts (channels_last is much faster for the grouped convolutions).
 
 plus ``fused/installed`` and ``fused/faithful`` (same threads) ratios, the fused path's
 achieved GFLOP/s (training counts 3x the forward FLOPs) and peak resident memory. Every
-configuration runs in its own process (MXNet reads ``MXNET_MKLDNN_ENABLED`` and
-``OMP_NUM_THREADS`` when it loads; peak memory is that process's ``ru_maxrss``).
+cell runs in its own process, ``bench/speed_cell.py`` (MXNet reads ``MXNET_MKLDNN_ENABLED``
+and ``OMP_NUM_THREADS`` when it loads; peak memory is that process's ``ru_maxrss``).
+
+Smoke run (every column once, a few minutes)::
+
+    python bench/bench_speed.py --repeats 1 --infer-batches 1 --train-batches 2 \\
+        --out /tmp/speed.json
 """
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -36,107 +43,11 @@ import platform
 import subprocess
 import sys
 
+from speed_cell import forward_flops
 from vargfacenet.data.atomic import write_json
+from vargfacenet.runtime import settings
 
-CHILD = r'''
-import json, resource, sys, time
-import numpy as np
-from vargfacenet.symbol import get_symbol, fastpath, flops
-import mxnet as mx
-net, mode, batch, kernels, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-emb = get_symbol(net)
-per_image = flops.count(emb)['flops']
-shape = (batch, 3, 112, 112)
-rng = np.random.RandomState(0)
-if kernels.startswith('torch'):
-    import torch
-    import torch.nn.functional as F
-    from vargfacenet.symbol.torch_port import to_torch
-    from vargfacenet.train.config import load_config
-    mod = mx.mod.Module(emb, label_names=None)
-    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    model = to_torch(emb, *mod.get_params())
-    images = torch.from_numpy(rng.uniform(0, 255, shape).astype(np.float32))
-    if kernels == 'torch-channels-last':
-        # NHWC lets oneDNN run PyTorch's grouped convolutions without reordering every tensor
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    if mode == 'infer':
-        model.eval()
-        def step():
-            with torch.no_grad():
-                model(images)
-        work = per_image
-    else:
-        # the same training step: ArcFace (s, m from the default config), 1000 classes, SGD
-        loss_cfg = load_config(None).loss
-        dim = emb.infer_shape(data=(1, 3, 112, 112))[1][0][1]
-        model.train()
-        weight = torch.nn.Parameter(torch.randn(1000, dim) * 0.01)
-        labels = torch.arange(batch) % 1000
-        opt = torch.optim.SGD(list(model.parameters()) + [weight], lr=1e-4, momentum=0.9)
-        def step():
-            opt.zero_grad()
-            cos = F.normalize(model(images)) @ F.normalize(weight).t()
-            target = cos.gather(1, labels[:, None]).clamp(-1 + 1e-6, 1 - 1e-6)
-            margin = loss_cfg['m2'] if loss_cfg['m2'] is not None else 0.5  # ArcFace's m
-            logits = loss_cfg['s'] * cos.scatter(1, labels[:, None],
-                                                 torch.cos(torch.acos(target) + margin))
-            F.cross_entropy(logits, labels).backward()
-            opt.step()
-        work = 3 * per_image
-elif kernels == 'ort':
-    import onnxruntime
-    from vargfacenet.symbol.onnx_export import export_onnx
-    mod = mx.mod.Module(emb, label_names=None)
-    mod.bind(data_shapes=[('data', (1, 3, 112, 112))], for_training=False)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    path = '/tmp/bench_speed_%s_%d.onnx' % (net, time.time() * 1000)
-    export_onnx(emb, *mod.get_params(), path)
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    images = rng.uniform(0, 255, shape).astype(np.float32)
-    def step():
-        session.run(None, {'data': images})
-    work = per_image
-elif mode == 'infer':
-    # the fast paths as the Embedder and the frozen teacher run them (tiles of 16 above batch 16)
-    sym = emb if kernels == 'faithful' else fastpath.inference_graph(emb, mx.cpu(), batch,
-                                                                     kernels=kernels)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', shape)], for_training=False)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    batch_obj = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, shape))])
-    def step():
-        mod.forward(batch_obj, is_train=False)
-        mod.get_outputs()[0].asnumpy()
-    work = per_image
-else:
-    from vargfacenet.train.config import load_config
-    from vargfacenet.train.distill import build_training_symbol
-    sym, names = build_training_symbol(emb, 1000, load_config(None).loss)
-    if kernels != 'faithful':
-        sym = fastpath.optimize(sym, 'train', kernels=kernels)
-    mod = mx.mod.Module(sym, data_names=names, label_names=['softmax_label'])
-    mod.bind(data_shapes=[('data', shape)], label_shapes=[('softmax_label', (batch,))])
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    mod.init_optimizer(optimizer='sgd', optimizer_params=dict(learning_rate=1e-4, momentum=0.9, rescale_grad=1.0))
-    batch_obj = mx.io.DataBatch([mx.nd.array(rng.uniform(0, 255, shape))],
-                                [mx.nd.array(np.arange(batch) % 1000)])
-    def step():
-        mod.forward_backward(batch_obj)
-        mod.update()
-        mod.get_outputs()[0].asnumpy()
-    work = 3 * per_image          # forward + backward ~ 3x the forward FLOPs
-for _ in range(3 if batch < 32 else 2):   # warm-up: oneDNN creates its primitives on first use
-    step()
-times = []
-for _ in range(repeats):
-    t = time.time(); step(); times.append(time.time() - t)
-median = float(np.median(times))
-print(json.dumps(dict(images_per_s=batch / median, gflops=batch * work / median / 1e9,
-                      peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
-'''
+CELL = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'speed_cell.py')
 
 # (column label, kernels, oneDNN, MXNet's own thread count)
 CONFIGS = [('MXNet as installed', 'faithful', True, True),
@@ -154,14 +65,20 @@ def mxnet_default_threads():
     return max(1, procs // 2) if x86 else procs
 
 
-def run(net, mode, batch, kernels, onednn, repeats, mxnet_threads=False):
-    env = dict(os.environ, MXNET_MKLDNN_ENABLED='1' if onednn else '0',
-               MXNET_STORAGE_FALLBACK_LOG_VERBOSE='0')
+def run(net, mode, batch, repeats, engine='mxnet', kernels='faithful', onednn=True,
+        mxnet_threads=False, layout='nchw', flops=None):
+    """One cell in its own process (``bench/speed_cell.py``): its JSON result, or ``error``
+    with the last line of its stderr."""
+    env = dict(os.environ, MXNET_MKLDNN_ENABLED='1' if onednn else '0')
     if mxnet_threads:
+        # MXNet's own default, set explicitly: settings.apply() in the cell keeps a value the
+        # environment already has, so only the thread count differs from the other columns
         env['OMP_NUM_THREADS'] = str(mxnet_default_threads())
-    out = subprocess.run([sys.executable, '-c', CHILD, net, mode, str(batch), kernels,
-                          str(repeats)], capture_output=True, text=True, env=env, timeout=1800)
-    lines = [l for l in out.stdout.splitlines() if l.startswith('{')]
+    cmd = [sys.executable, CELL, '--engine', engine, '--network', net, '--mode', mode,
+           '--batch', str(batch), '--repeats', str(repeats), '--kernels', kernels,
+           '--layout', layout] + ([] if flops is None else ['--flops', str(flops)])
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [line for line in out.stdout.splitlines() if line.startswith('{')]
     if out.returncode or not lines:
         return dict(error=(out.stderr.strip().splitlines() or ['failed'])[-1])
     return json.loads(lines[-1])
@@ -177,13 +94,15 @@ def main(argv=None):
                              'report the median round (noisy shared machines)')
     parser.add_argument('--infer-batches', default='1,16,32',
                         help='comma-separated inference batch sizes (16: the largest batch the '
-                             'fast path runs untiled, i.e. every engine on the same batch)')
+                             'fast path runs untiled, i.e. every engine on the same batch; '
+                             'empty: none)')
     parser.add_argument('--train-batches', default='8,32',
                         help='comma-separated training batch sizes (empty: none)')
     parser.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       'results', 'speed.json'),
                         help='JSON output')
     args = parser.parse_args(argv)
+    settings.apply()      # the cells inherit these (each applies them itself too)
     have_ort = importlib.util.find_spec('onnxruntime') is not None
     have_torch = importlib.util.find_spec('torch') is not None
     labels = [c[0] for c in CONFIGS] + ['ONNX Runtime', 'PyTorch eager']
@@ -196,17 +115,19 @@ def main(argv=None):
     for net in args.networks.split(','):
         cells = [('infer', int(b)) for b in args.infer_batches.split(',') if b] + \
             [('train', int(b)) for b in args.train_batches.split(',') if b]
+        # counted once here, so that the PyTorch cells need not load MXNet to count them
+        flops = forward_flops(net)
         for mode, batch in cells:
             # rounds interleave the columns, so a slow spell of this shared machine hits them all
             samples = {label: [] for label in labels}
             for _ in range(args.rounds):
                 for label, kernels, onednn, own_threads in CONFIGS:
-                    samples[label].append(run(net, mode, batch, kernels, onednn, args.repeats,
-                                              own_threads))
+                    samples[label].append(run(net, mode, batch, args.repeats, 'mxnet', kernels,
+                                              onednn, own_threads))
                 samples['ONNX Runtime'].append(
-                    run(net, mode, batch, 'ort', True, args.repeats) if mode == 'infer' and have_ort
+                    run(net, mode, batch, args.repeats, 'ort') if mode == 'infer' and have_ort
                     else dict(error='-' if have_ort else 'not installed'))
-                samples['PyTorch eager'].append(best_torch(net, mode, batch, args.repeats)
+                samples['PyTorch eager'].append(best_torch(net, mode, batch, args.repeats, flops)
                                                 if have_torch else dict(error='not installed'))
             results = {label: median_run(samples[label]) for label in labels}
             fast = results[FAST]
@@ -216,16 +137,16 @@ def main(argv=None):
             rows.append(dict(network=net, mode=mode, batch=batch, results=results,
                              fused_over_installed=ratios[0], fused_over_faithful=ratios[1]))
             print('| %s | %s | %d | %s | %.2f | %.2f | %s | %s |' % (
-                net, mode, batch, ' | '.join(fmt(results[l]) for l in labels), *ratios,
+                net, mode, batch, ' | '.join(fmt(results[label]) for label in labels), *ratios,
                 '%.1f' % fast['gflops'] if 'gflops' in fast else '-',
                 '%.0f' % fast['peak_mb'] if 'peak_mb' in fast else '-'), flush=True)
     notes = ['OpenMP threads: %d for "MXNet as installed" (MXNet\'s default), %s for the other '
-             'columns' % (mxnet_default_threads(),
-                                                  os.environ.get('OMP_NUM_THREADS'))]
-    notes += ['PyTorch eager: the same graph and parameter values run by '
-             'vargfacenet.symbol.torch_port (torch %s, %d threads), the faster of NCHW and '
-             'channels_last memory layouts in each cell' % torch_info()
-             if have_torch else 'PyTorch eager: not measured (pip install -e ".[bench]")']
+             'columns' % (mxnet_default_threads(), os.environ.get('OMP_NUM_THREADS'))]
+    notes += ['PyTorch eager: hand-written nn.Modules (bench/torch_vargfacenet.py, '
+              'bench/torch_mobilefacenet.py; equal to MXNet\'s fc1_output for the same '
+              'parameters, tests/test_bench_torch.py), torch %s, %d intra-op threads, the faster '
+              'of NCHW and channels_last memory layouts in each cell' % torch_info()
+              if have_torch else 'PyTorch eager: not measured (pip install -e ".[bench]")']
     if not have_ort:
         notes.append('ONNX Runtime: not measured (pip install onnxruntime)')
     print('\n' + '\n'.join(notes))
@@ -243,10 +164,10 @@ def median_run(runs):
     return dict(timed[(len(timed) - 1) // 2], rounds=[r.get('images_per_s') for r in runs])
 
 
-def best_torch(net, mode, batch, repeats):
+def best_torch(net, mode, batch, repeats, flops=None):
     """PyTorch eager at its best: the faster of NCHW and channels_last (both kept)."""
-    layouts = {layout: run(net, mode, batch, kernels, True, repeats)
-               for layout, kernels in (('nchw', 'torch'), ('channels_last', 'torch-channels-last'))}
+    layouts = {layout: run(net, mode, batch, repeats, 'torch', layout=layout, flops=flops)
+               for layout in ('nchw', 'channels_last')}
     timed = [k for k in layouts if 'images_per_s' in layouts[k]]
     if not timed:
         return layouts['nchw']
@@ -255,10 +176,8 @@ def best_torch(net, mode, batch, repeats):
 
 
 def torch_info():
-    out = subprocess.run([sys.executable, '-c', 'import torch; print(torch.__version__, '
-                          'torch.get_num_threads())'], capture_output=True, text=True)
-    version, threads = out.stdout.split()
-    return version, int(threads)
+    """(torch version, intra-op threads the PyTorch cells use)."""
+    return importlib.metadata.version('torch'), settings.physical_cores()
 
 
 if __name__ == '__main__':

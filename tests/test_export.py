@@ -50,20 +50,3 @@ def test_export_names_missing_parameters(tmp_path):
     with pytest.raises(ValueError, match='fc1_gamma'):
         export_onnx(sym, arg, aux, str(tmp_path / 'model.onnx'))
     assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize('name', ['vargfacenet', 'mobilefacenet'])
-def test_torch_port_reproduces_mxnet(name):
-    torch = pytest.importorskip('torch')
-    from vargfacenet.symbol.torch_port import to_torch
-    sym, arg, aux = random_model(name)
-    images = np.random.RandomState(1).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32)
-    module = mx.mod.Module(sym, label_names=None)
-    module.bind(data_shapes=[('data', images.shape)], for_training=False)
-    module.set_params(arg, aux)
-    module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=False)
-    ref = module.get_outputs()[0].asnumpy()
-    with torch.no_grad():
-        ours = to_torch(sym, arg, aux).eval()(torch.from_numpy(images)).numpy()
-    cosine = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
-    assert cosine.min() >= 0.99999
