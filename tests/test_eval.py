@@ -257,7 +257,8 @@ def test_report_compares_models_on_the_same_pairs_and_draws_learning_curves(tmp_
     base = [0.80, 0.82, 0.78, 0.81, 0.79, 0.80, 0.83, 0.77, 0.80, 0.80]
     gen1 = [a + 0.05 for a in base]                    # +0.05 in every fold: SE 0
     gen1[0] += 0.01
-    gen2 = [a + d for a, d in zip(gen1, [0.01, -0.01] * 5)]   # mean 0: no difference
+    # +0.0075 on average, 1.3 standard errors: not a difference at the 2-SE rule
+    gen2 = [a + d for a, d in zip(gen1, [0.025, -0.01] * 5)]
     curve = lambda k: dict(loss=[[1, 5.0 - k], [2, 4.0 - k], [3, 3.0 - k]],  # noqa: E731
                            heldout=[[1, 0.6], [3, 0.7 + 0.05 * k]])
     results = [heldout_record('from scratch', base, [3, 3, 3, 3], history=curve(0)),

@@ -1,4 +1,4 @@
-"""ONNX export and the PyTorch port: ONNX Runtime and PyTorch give MXNet's embeddings."""
+"""ONNX export: ONNX Runtime gives MXNet's embeddings."""
 import mxnet as mx
 import numpy as np
 import onnx
