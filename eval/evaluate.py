@@ -18,6 +18,8 @@ The metrics file (``<prefix>-metrics.json``, one per evaluated model, read by
     ``{pack name: figures}``, see :func:`vargfacenet.eval.verification.evaluate_bin`
 ``lfr`` (optional)
     test-set figures, see :func:`vargfacenet.eval.lfr.evaluate_features`
+``seconds`` (optional)
+    wall-clock ``train`` (None when not trained here) and ``evaluate`` seconds
 ``history`` (optional)
     learning curve of a model trained here: ``loss`` ([step, training loss] pairs), ``heldout``
     ([step, verification accuracy on ``pack``] pairs)
@@ -79,6 +81,8 @@ def metrics_record(name, prefix, index, evaluation, dataset, steps=None, network
         record['lfr'] = evaluation['lfr']
     if history:
         record['history'] = history
+    if 'seconds' in evaluation:
+        record['seconds'] = evaluation['seconds']
     return record
 
 

@@ -51,6 +51,17 @@ def _heldout_cell(lfr):
     return _with_error(ver['accuracy'], ver['accuracy_se']) if ver else ''
 
 
+def _clock(seconds):
+    return '%d:%02d' % (int(seconds) // 60, int(seconds) % 60)
+
+
+def _times(seconds):
+    if not seconds:
+        return ''
+    train = seconds.get('train')
+    return '%s / %s' % (_clock(train) if train is not None else '-', _clock(seconds['evaluate']))
+
+
 def default_comparisons(names):
     """The paired comparisons a distillation run asks for, among ``names``: each generation
     against the one before it (generation 1 against the from-scratch baseline), and each
@@ -123,8 +134,10 @@ def markdown(results, title, fprs=(1e-2, 1e-3, 1e-4), comparisons=None):
     the published rows."""
     packs = sorted({p for r in results for p in r.get('verification', {})})
     heldout = any((r.get('lfr') or {}).get('verification') for r in results)
+    timed = any(r.get('seconds') for r in results)
     header = ['model', 'steps'] + (['held-out verification'] if heldout else []) + \
-        ['TPR@FPR=%g' % f for f in fprs] + ['%s (10-fold)' % p for p in packs] + ['measured on']
+        ['TPR@FPR=%g' % f for f in fprs] + ['%s (10-fold)' % p for p in packs] + \
+        (['time: train / evaluate'] if timed else []) + ['measured on']
     lines = ['# %s' % title, '', '## Our models', '', '| ' + ' | '.join(header) + ' |',
              '|' + '---|' * len(header)]
     for r in results:
@@ -137,6 +150,8 @@ def markdown(results, title, fprs=(1e-2, 1e-3, 1e-4), comparisons=None):
             v = r.get('verification', {}).get(p)
             cells.append('%.4f +- %.4f' % (v['accuracy_flip_mean'], v['accuracy_flip_std'])
                          if v else '')
+        if timed:
+            cells.append(_times(r.get('seconds')))
         cells.append('%s data' % r.get('dataset', '?'))
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', 'Held-out verification: 10-fold accuracy (flip-summed embeddings) on a balanced '

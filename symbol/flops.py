@@ -14,6 +14,7 @@ Run ``python symbol/flops.py --network vargfacenet [--variant insightface]`` for
 import argparse
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 
@@ -178,8 +179,11 @@ def main(argv=None):
     title = args.network + (' (%s)' % args.variant if args.variant else '')
     print(format_report(title, sym))
     if args.json:
-        from vargfacenet.data.atomic import write_json
-        write_json(args.json, dict(network=args.network, variant=args.variant, **count(sym)))
+        # (symbol/ imports nothing else of the project: the write-then-rename is spelled out)
+        tmp = args.json + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(dict(network=args.network, variant=args.variant, **count(sym)), f, indent=2)
+        os.replace(tmp, args.json)
 
 
 if __name__ == '__main__':

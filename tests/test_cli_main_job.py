@@ -1,5 +1,6 @@
 """The main job's command line end to end, on the tiny preset (what the README's first command
 runs, at a size that takes a minute)."""
+import json
 import os
 
 from vargfacenet.data.binpack import load_bin
@@ -11,11 +12,17 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
     run_dir = str(tmp_path / 'run')
     argv = ['--recursive', '1', '--preset', 'smoke', '--teacher-preset', 'smoke',
             '--run-dir', run_dir, '--set', 'data.synthetic_root=%s' % (tmp_path / 'syn'),
-            '--set', "network.kwargs={'multiplier': 0.5}"]
+            '--set', "network.kwargs={'multiplier': 0.5}", '--set', "kd.compare_forms=['angular']"]
     train_kd.main(argv)
     results = load_metrics([run_dir])
     assert sorted(r['name'] for r in results) == ['from scratch', 'recursive=1',
+                                                  'recursive=1 (angular)',
                                                   'teacher (vargfacenet)', 'untrained']
+    # the angular variant: the same start and budget, the other form
+    variant = json.load(open(os.path.join(run_dir, 'model-gen1-angular-config.json')))
+    assert variant['kd']['form'] == 'angular' and variant['kd']['compare_forms'] == []
+    assert 'recursive=1 (angular) vs recursive=1' in open(os.path.join(run_dir,
+                                                                       'report.md')).read()
     report = open(os.path.join(run_dir, 'report.md')).read()
     pairs = len(load_bin(os.path.join(str(tmp_path / 'syn'), 'synth_lfw.bin'))[1])
     for r in results:
@@ -28,7 +35,9 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
                                                   figures['accuracy_flip_std']) in row[0]
         assert r['lfr']['num_genuine'] > 0
     steps = {r['name']: r['steps'] for r in results}
-    assert steps['untrained'] == 0 and steps['from scratch'] == steps['recursive=1'] == 3
+    assert steps['untrained'] == 0
+    assert steps['from scratch'] == steps['recursive=1'] == steps['recursive=1 (angular)'] == 3
+    assert all(r['seconds']['evaluate'] > 0 for r in results)
     assert os.path.getsize(os.path.join(run_dir, 'roc.png')) > 1000
     # standard errors beside the test-set figures, the learning curves beside the table
     for r in results:

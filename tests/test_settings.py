@@ -121,3 +121,18 @@ print('ok')
 '''
     out = run_python(code, OMP_NUM_THREADS='2')
     assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
+
+
+def test_symbol_imports_nothing_else_of_the_project():
+    """symbol/ is the bottom layer: graphs only (mxnet, numpy and the standard library)."""
+    import ast
+    import glob
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'symbol')
+    offending = []
+    for path in glob.glob(os.path.join(folder, '*.py')):
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ''] if isinstance(node, ast.ImportFrom) else []
+            offending += ['%s: %s' % (os.path.basename(path), n) for n in names
+                          if n.startswith('vargfacenet') and not n.startswith('vargfacenet.symbol')]
+    assert offending == []

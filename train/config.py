@@ -2,14 +2,19 @@
 
 Presets are Python files defining ``CONFIG`` (a nested dict with a subset of the base's keys),
 named by file stem under ``train/configs/`` (``embedded``, ``smoke``) or given as a path. They are
-imported as modules, never ``exec``-ed into a namespace. Unknown keys are errors, so a typo cannot
-silently fall back to a default.
+imported as modules, never ``exec``-ed into a namespace - but importing a file runs its code, so a
+``.py`` preset from elsewhere runs with your permissions, by design. The data-only alternative is
+a JSON file (``--preset run.json``) with the same keys as a preset's ``CONFIG``. Unknown keys are
+errors, so a typo cannot silently fall back to a default, and every value is type- and
+range-checked (non-finite numbers are rejected) before anything is built.
 """
 import ast
 import copy
 import importlib.util
 import json
+import math
 import os
+import re
 
 from easydict import EasyDict
 
@@ -32,7 +37,15 @@ def list_presets():
 
 
 def _load_preset(preset):
-    path = preset if preset.endswith('.py') else os.path.join(CONFIG_DIR, preset + '.py')
+    if preset.endswith('.json'):
+        return load_json_config(preset), preset
+    if preset.endswith('.py'):
+        path = preset                  # Python code: it runs when imported, by design
+    elif re.match(r'^[A-Za-z0-9_-]+$', preset):
+        path = os.path.join(CONFIG_DIR, preset + '.py')
+    else:
+        raise ConfigError('preset %r is neither a preset name nor a .json or .py file; available '
+                          'presets: %s' % (preset, ', '.join(list_presets())))
     if not os.path.isfile(path):
         raise ConfigError('preset %r not found (looked for %s); available presets: %s'
                           % (preset, path, ', '.join(list_presets())))
@@ -45,6 +58,30 @@ def _load_preset(preset):
     return module.CONFIG, path
 
 
+def load_json_config(path):
+    """A config from a JSON file (a preset's ``CONFIG`` as data: nothing in it runs).
+
+    Raises ConfigError naming the file: unreadable, not UTF-8, not JSON (with the line and
+    column), NaN/Infinity literals, or not an object at the top."""
+    def no_constants(name):
+        raise ValueError('%s is not a JSON number' % name)
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as err:
+        raise ConfigError('config file %s cannot be read (%s)' % (path, err))
+    try:
+        config = json.loads(raw.decode('utf-8'), parse_constant=no_constants)
+    except UnicodeDecodeError as err:
+        raise ConfigError('config file %s is not UTF-8 text (%s)' % (path, err))
+    except (ValueError, RecursionError) as err:
+        raise ConfigError('config file %s is not valid JSON: %s' % (path, str(err)[:200]))
+    if not isinstance(config, dict):
+        raise ConfigError('config file %s must hold a JSON object with config sections, got %s'
+                          % (path, type(config).__name__))
+    return config
+
+
 def merge(base, update, source, path=()):
     """Recursively merge ``update`` into a copy of ``base``; unknown keys raise ConfigError."""
     out = copy.deepcopy(base)
@@ -52,11 +89,11 @@ def merge(base, update, source, path=()):
         where = path + (key,)
         if key not in base:
             raise ConfigError('%s: unknown config key %r; valid keys here: %s'
-                              % (source, '.'.join(where), ', '.join(sorted(base))))
+                              % (source, '.'.join(map(str, where)), ', '.join(sorted(base))))
         if isinstance(base[key], dict) and where not in FREE_FORM:
             if not isinstance(value, dict):
                 raise ConfigError('%s: %r must be a dict, got %r'
-                                  % (source, '.'.join(where), value))
+                                  % (source, '.'.join(map(str, where)), value))
             out[key] = merge(base[key], value, source, where)
         else:
             out[key] = copy.deepcopy(value)
@@ -68,12 +105,15 @@ def parse_override(text):
     if '=' not in text:
         raise ConfigError('override %r must look like section.key=value' % (text,))
     dotted, raw = text.split('=', 1)
+    parts = dotted.strip().split('.')
+    if not all(parts):
+        raise ConfigError('override %r: %r is not a section.key name' % (text, dotted))
     try:
         value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         value = raw
     out = value
-    for part in reversed(dotted.strip().split('.')):
+    for part in reversed(parts):
         out = {part: out}
     return out
 
@@ -105,18 +145,143 @@ def load_config(preset=None, overrides=()):
     return cfg
 
 
+KD_FORMS = ('l2', 'angular')
+
+
+def _check_data(value, where):
+    """The config is saved as JSON: only JSON data with string keys and finite numbers."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError('config key %r under %s must be a string' % (key, where))
+            _check_data(item, '%s.%s' % (where, key) if where else key)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_data(item, '%s[%d]' % (where, i))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError('config value %s must be a finite number, got %r' % (where, value))
+    elif value is not None and not isinstance(value, (str, bool, int, float)):
+        raise ConfigError('config value %s must be JSON data (a string, number, boolean, None, '
+                          'list or dict), got %r of type %s' % (where, value,
+                                                                 type(value).__name__))
+
+
 def _check_values(cfg):
-    if cfg['kd']['form'] not in ('l2', 'angular'):
+    _check_data(cfg, '')
+    if cfg['kd']['form'] not in KD_FORMS:
         raise ConfigError("kd.form must be 'l2' or 'angular', got %r" % (cfg['kd']['form'],))
+    others = cfg['kd']['compare_forms']
+    if not isinstance(others, (list, tuple)) or any(f not in KD_FORMS for f in others) or \
+            cfg['kd']['form'] in others:
+        raise ConfigError("kd.compare_forms must be a list of KD forms other than kd.form "
+                          "(%s), got %r" % (', '.join(KD_FORMS), others))
     if cfg['schedule']['mode'] not in ('step', 'cosine'):
         raise ConfigError("schedule.mode must be 'step' or 'cosine', got %r"
                           % (cfg['schedule']['mode'],))
-    for section, key in (('train', 'batch_size'), ('schedule', 'max_steps'), ('log', 'every')):
-        value = cfg[section][key]
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError('%s.%s must be a positive integer, got %r' % (section, key, value))
-    if not cfg['optimizer']['lr'] > 0:
-        raise ConfigError('optimizer.lr must be > 0, got %r' % (cfg['optimizer']['lr'],))
+    for section, keys in SCHEMA.items():
+        for key, (check, expected) in keys.items():
+            if section in cfg and key in cfg[section] and not check(cfg[section][key]):
+                raise ConfigError('config value %s.%s must be %s, got %r'
+                                  % (section, key, expected, cfg[section][key]))
+    steps = cfg['schedule']['steps']
+    if list(steps) != sorted(steps):
+        raise ConfigError('config value schedule.steps must be in increasing order, got %r'
+                          % (steps,))
+
+
+def _number(low=None, high=None, low_open=False, high_open=False):
+    """A finite int or float (not a bool) within the bounds."""
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if low is not None and (v <= low if low_open else v < low):
+            return False
+        return high is None or (v < high if high_open else v <= high)
+    return check
+
+
+def _integer(low):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _string(v):
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _flag(v):
+    return isinstance(v, bool)
+
+
+def _one_of(*choices):
+    return lambda v: isinstance(v, str) and v in choices
+
+
+_CTX = re.compile(r'^\s*(cpu|gpu)\d*(\s*,\s*(cpu|gpu)\d*)*\s*$', re.IGNORECASE)
+
+# section -> key -> (check, what is expected); keys not listed are checked where they are used
+SCHEMA = {
+    'network': {'name': (_string, 'a network name'),
+                'kwargs': (lambda v: isinstance(v, dict), 'a dict of network arguments')},
+    'data': {
+        'train': (_optional(_string), 'None or a RecordIO path'),
+        'val': (lambda v: v is None or _string(v) or (isinstance(v, (list, tuple)) and
+                                                     all(_string(p) for p in v)),
+                'None, a comma-separated string or a list of .bin paths'),
+        'test': (_optional(_string), 'None or a RecordIO path'),
+        'synthetic_root': (_string, 'a folder'),
+        'synthetic_preset': (_string, 'a synthetic-set preset name'),
+        'synthetic_seed': (_integer(0), 'an integer >= 0'),
+        'rand_mirror': (_flag, 'True or False'),
+        'num_workers': (_integer(0), 'an integer >= 0'),
+        'skip_bad': (_flag, 'True or False')},
+    'loss': {
+        'name': (_string, 'a margin loss name'),
+        's': (_number(0, low_open=True), 'a finite number > 0'),
+        'm1': (_optional(_number()), 'None or a finite number'),
+        'm2': (_optional(_number()), 'None or a finite number'),
+        'm3': (_optional(_number()), 'None or a finite number'),
+        'theta_overflow': (_string, "'insightface' or 'none'"),
+        'fc7_lr_mult': (_number(0), 'a finite number >= 0'),
+        'fc7_wd_mult': (_number(0), 'a finite number >= 0')},
+    'kd': {
+        'alpha': (_number(0), 'a finite number >= 0'),
+        'teacher_layer': (_string, 'a layer name such as fc1_output'),
+        'cache_teacher': (_flag, 'True or False'),
+        'projection': (_flag, 'True or False')},
+    'optimizer': {
+        'name': (_string, 'an MXNet optimizer name'),
+        'lr': (_number(0, low_open=True), 'a finite number > 0'),
+        'momentum': (_number(0, 1, high_open=True), 'a finite number in [0, 1)'),
+        'wd': (_number(0), 'a finite number >= 0'),
+        'clip_gradient': (_optional(_number(0)), 'None or a finite number >= 0')},
+    'schedule': {
+        'max_steps': (_integer(1), 'an integer >= 1'),
+        'steps': (lambda v: isinstance(v, (list, tuple)) and all(_integer(0)(s) for s in v),
+                  'a list of integers >= 0'),
+        'factor': (_number(0, low_open=True), 'a finite number > 0'),
+        'warmup_steps': (_integer(0), 'an integer >= 0'),
+        'warmup_lr': (_number(0), 'a finite number >= 0'),
+        'target_lr': (_number(0), 'a finite number >= 0')},
+    'train': {
+        'batch_size': (_integer(1), 'an integer >= 1'),
+        'init_rnd_type': (_one_of('uniform', 'gaussian'), "'uniform' or 'gaussian'"),
+        'init_factor_type': (_one_of('in', 'out', 'avg'), "'in', 'out' or 'avg'"),
+        'init_magnitude': (_number(0, low_open=True), 'a finite number > 0'),
+        'seed': (_integer(0), 'an integer >= 0'),
+        'ctx': (lambda v: isinstance(v, str) and bool(_CTX.match(v)),
+                'cpu, gpu0 or a comma-separated list such as gpu0,gpu1'),
+        'kv_store': (_string, 'a kvstore type such as local or device'),
+        'fast_path': (_flag, 'True or False')},
+    'log': {
+        'every': (_integer(1), 'an integer >= 1'),
+        'verify_every': (_integer(0), 'an integer >= 0 (0 = off)'),
+        'checkpoint_every': (_integer(0), 'an integer >= 0 (0 = only at the end)'),
+        'best_on': (_optional(_string), 'None or a pack name')},
+}
 
 
 def save_config(cfg, path):
@@ -126,6 +291,6 @@ def save_config(cfg, path):
 
 def config_from_json(path):
     """Load a config saved by :func:`save_config`, checked against the base."""
-    with open(path) as f:
-        saved = json.load(f)
-    return EasyDict(merge(BASE, saved, path))
+    cfg = merge(BASE, load_json_config(path), path)
+    _check_values(cfg)
+    return EasyDict(cfg)

@@ -2,6 +2,7 @@
 
 These are what the command-line scripts call (``train/train.py``, ``train/train_kd.py``).
 """
+import copy
 import json
 import logging
 import os
@@ -68,6 +69,16 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     """
     os.makedirs(run_dir, exist_ok=True)
     prefix = os.path.join(run_dir, name)
+    # crash safety: one process per run folder (a second copy refuses), partial files of killed
+    # writes removed, room for the checkpoints checked before anything is built
+    from vargfacenet.data.atomic import check_free_space, hold_run_lock, remove_partial_files
+    from vargfacenet.data.recordio import property_num_classes
+    hold_run_lock(run_dir)
+    remove_partial_files(run_dir, name)
+    check_free_space(run_dir, ckpt.room_needed(
+        prefix, get_symbol(cfg.network.name, **cfg.network.kwargs),
+        property_num_classes(cfg.data.train) if cfg.data.train else None),
+        'the checkpoints of %r' % name)
     # refuse before writing anything: the config file beside a run is its record
     resume_index = ckpt.latest_checkpoint(prefix, with_state=True) if resume else None
     if resume and resume_index is None:
@@ -177,14 +188,23 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
                                  init=ckpt.load_init(init) if init else None)
         models.append(dict(summary, name='from scratch'))
-    previous = ckpt.load_init(init) if init else None
+    start = ckpt.load_init(init) if init else None
+    previous = start
+    distill = dict(teacher=None if cache else teacher, teacher_cache=cache, stop_check=stop_check)
     for generation in range(1, generations + 1):
         name = 'model-gen%d' % generation
         summary = train_or_reuse(cfg, run_dir, name, tag='[gen%d] ' % generation,
-                                 teacher=None if cache else teacher, teacher_cache=cache,
-                                 init=previous, stop_check=stop_check)
+                                 init=previous, **distill)
         models.append(dict(summary, name='recursive=%d' % generation))
         previous = ckpt.load_init((summary['prefix'], summary['index']))
+    for form in cfg.kd.compare_forms:
+        # the same first generation with another distillation form, for the comparison
+        variant = copy.deepcopy(cfg)
+        variant.kd.form = form
+        variant.kd.compare_forms = []
+        summary = train_or_reuse(variant, run_dir, 'model-gen1-%s' % form,
+                                 tag='[gen1 %s] ' % form, init=start, **distill)
+        models.append(dict(summary, name='recursive=1 (%s)' % form))
     return models
 
 
@@ -222,8 +242,10 @@ def evaluate_models(models, cfg, dataset_label):
     results = []
     for model in models:
         LOGGER.info('evaluating %s (%s,%d)', model['name'], model['prefix'], model['index'])
+        started = time.time()
         evaluation = evaluate_checkpoint((model['prefix'], model['index']), cfg.data.val,
                                          cfg.data.test)
+        evaluation['seconds'] = dict(train=model.get('seconds'), evaluate=time.time() - started)
         record = metrics_record(model['name'], model['prefix'], model['index'], evaluation,
                                 dataset_label, steps=model.get('steps'),
                                 network=model.get('network'),

@@ -51,6 +51,9 @@ CONFIG = {
         'cache_teacher': False,
         # learn a linear map student -> teacher dim when the embedding sizes differ
         'projection': False,
+        # other KD forms to train a generation-1 student with too, from the same start, for
+        # comparison with `form` (e.g. ['angular']: reported as 'recursive=1 (angular)')
+        'compare_forms': [],
     },
     'optimizer': {
         # SGD momentum 0.9, wd 5e-4 as the reference; lr 0.1 diverges for VarGFaceNet
