@@ -26,8 +26,8 @@ def _fused_operators_loaded(request):
 EMB = {'vargfacenet': 512, 'mobilefacenet': 128}
 
 
-def forward_backward(sym, params, data, head, dtype='float32'):
-    """Gradients (float64 arrays) of sum(output * head) in training mode, and the output."""
+def training_pass(sym, params, data, head, dtype='float32'):
+    """The executor after one training-mode forward and backward of sum(output * head)."""
     loss = mx.sym.MakeLoss(mx.sym.sum(sym * mx.sym.Variable('head')))
     exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
                            type_dict={'data': dtype, 'head': dtype},
@@ -39,6 +39,12 @@ def forward_backward(sym, params, data, head, dtype='float32'):
     exe.arg_dict['head'][:] = head
     exe.forward(is_train=True)
     exe.backward()
+    return exe
+
+
+def forward_backward(sym, params, data, head, dtype='float32'):
+    """Gradients (float64 arrays) of sum(output * head) in training mode, and the output."""
+    exe = training_pass(sym, params, data, head, dtype)
     return ({n: g.asnumpy().astype(np.float64) for n, g in exe.grad_dict.items()
              if g is not None}, exe.outputs[0].asnumpy())
 
@@ -529,16 +535,7 @@ def test_fused_training_step_updates_moving_statistics_like_the_faithful_graph()
     assert fastops.OP_BN_ACT in {n['op'] for n in json.loads(fast.tojson())['nodes']}
 
     def moving_stats(s):
-        loss = mx.sym.MakeLoss(mx.sym.sum(s * mx.sym.Variable('head')))
-        exe = loss.simple_bind(mx.cpu(), data=data.shape, head=head.shape,
-                               grad_req={n: ('null' if n in ('data', 'head') else 'write')
-                                         for n in loss.list_arguments()})
-        for n, v in params.items():
-            (exe.arg_dict if n in exe.arg_dict else exe.aux_dict)[n][:] = v
-        exe.arg_dict['data'][:] = data
-        exe.arg_dict['head'][:] = head
-        exe.forward(is_train=True)
-        exe.backward()
+        exe = training_pass(s, params, data, head)
         mx.nd.waitall()
         return {n: v.asnumpy() for n, v in exe.aux_dict.items()}
     faithful, fused = moving_stats(sym), moving_stats(fast)
