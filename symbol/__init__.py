@@ -11,7 +11,7 @@ no process setting (those are :mod:`vargfacenet.runtime.settings`, applied by en
 """
 import inspect
 
-from vargfacenet.symbol import fresnet, mobilefacenet, vargface
+from vargfacenet.symbol import fresnet, mobilefacenet, pocketnet, vargface
 
 # name -> (builder, fixed keyword arguments, one-line description)
 _NETWORKS = {
@@ -23,6 +23,14 @@ _NETWORKS = {
     'r100': (fresnet.get_symbol, {'num_layers': 100},
              'LResNet100E-IR teacher (the paper\'s), 512-d'),
     'mobilefacenet': (mobilefacenet.get_symbol, {}, 'MobileFaceNet (insightface y1), 128-d'),
+    'pocketnet_s128': (pocketnet.get_symbol, {'size': 's', 'emb_size': 128},
+                       'PocketNetS (C=16, 18 cells), 128-d, 925,632 params, 587.11 MFLOPs'),
+    'pocketnet_s256': (pocketnet.get_symbol, {'size': 's', 'emb_size': 256},
+                       'PocketNetS (C=16, 18 cells), 256-d, 991,424 params'),
+    'pocketnet_m128': (pocketnet.get_symbol, {'size': 'm', 'emb_size': 128},
+                       'PocketNetM (C=32, 9 cells), 128-d, 1,686,656 params'),
+    'pocketnet_m256': (pocketnet.get_symbol, {'size': 'm', 'emb_size': 256},
+                       'PocketNetM (C=32, 9 cells), 256-d, 1,752,448 params'),
 }
 
 EMBEDDING_OUTPUT = 'fc1_output'

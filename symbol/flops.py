@@ -26,13 +26,15 @@ LOGGER = logging.getLogger(__name__)
 # Node-name patterns -> report section, first match wins. They cover every registered network;
 # auto-named nodes (_plusN, broadcast_mulN) belong to the section of the node before them.
 _SECTIONS = (
-    (r'^(id|_minusscalar0|_mulscalar0)$', 'input'),
-    (r'^(vargface_head_conv1|conv0|bn0|relu0|conv_1_|conv_2_dw)', 'stem'),
+    (r'^(id|_minusscalar0|_mulscalar0|_divscalar0)$', 'input'),
+    (r'^(vargface_head_conv1|conv0|bn0|relu0|conv_1_|conv_2_dw|stem_)', 'stem'),
     (r'^vargface_head_head_pooling', 'head block'),
     (r'^vargface_stage_(\d+)_', 'stage {0}'),
     (r'^stage(\d+)_', 'stage {0}'),
     (r'^dconv_\d(\d)_', 'stage {0}'),
     (r'^res_(\d)_', 'stage {0}'),
+    (r'^cells_(\d+)_', 'cell {0}'),
+    (r'^tail_', 'head (GDC)'),
     (r'^(embed_|conv_6|bn1|dropout)', 'embedding'),
     (r'^(pre_fc1|fc1)', 'pre_fc1 + fc1'),
 )

@@ -1,4 +1,5 @@
-"""Margin classification heads (insightface's ``fc7``): softmax, ArcFace, CosFace, combined.
+"""Margin classification heads (insightface's ``fc7``): softmax, ArcFace, CosFace, combined,
+ArcNegFace.
 
 The combined margin of insightface: the target logit becomes ``s * (cos(m1 * theta + m2) - m3)``,
 with ``theta`` the angle between the embedding and the target class centre; all other logits stay
@@ -17,6 +18,16 @@ The arccos gradient is infinite at cos = +-1, a NaN source users of the referenc
 (insightface #980, #1295). With m1 = 1 (ArcFace, CosFace) the head uses
 ``cos(theta + m2) = cos*cos(m2) - sin*sin(m2)`` with ``sin >= 1e-6`` instead of arccos; with
 m1 != 1, ``cos(theta)`` is clipped to [-1 + 1e-6, 1 - 1e-6] before ``arccos``.
+
+ArcNegFace (``'arcneg'``; Liu et al., "Towards Flops-constrained Face Recognition", ICCV 2019
+workshops, arXiv:1909.00632; reference ``liuyuisanai/trojans-face-recognizer@4e0159f``
+``EfficientPolyFace/loss.py``): the target logit is ArcFace's, ``s * phi`` with
+``phi = cos(theta_y + m)`` and the same fallback ``cos(theta_y) - m*sin(m)`` past pi - m (the
+reference's rule, i.e. ``theta_overflow='insightface'``). Every other logit becomes
+``s * (t_j * cos_j + t_j - 1)`` with ``t_j = 1.2 * exp(-(cos_j - phi)**2 / 2)``, held constant in
+the backward pass (``BlockGrad``): negatives near the margined target are weighted up (hard
+negatives), far ones sink toward ``-s``. Defaults s = 64, m = 0.5; only ``m2`` applies (m1 = 1,
+m3 = 0). Its ``fc7_weight`` starts U(-1/sqrt(emb_size), 1/sqrt(emb_size)) as the reference's.
 """
 import math
 
@@ -28,10 +39,13 @@ LOSSES = {
     'arcface': (1.0, 0.5, 0.0),
     'cosface': (1.0, 0.0, 0.35),
     'combined': (1.0, 0.3, 0.2),
+    'arcneg': (1.0, 0.5, 0.0),     # ArcFace's target; negatives re-weighted (module docstring)
 }
 THETA_OVERFLOW = ('insightface', 'none')
 COS_CLIP = 1e-6     # arccos input clip (m1 != 1 only)
 SIN_FLOOR = 1e-6    # smallest sin(theta) used in the m1 == 1 form
+ARCNEG_ALPHA = 1.2  # ArcNegFace: weight of a negative whose cosine equals the margined target
+ARCNEG_SIGMA = 2.0  # ArcNegFace: the divisor of the squared gap in the exponent (not 2*sigma^2)
 
 
 def margin_params(loss, m1=None, m2=None, m3=None):
@@ -56,13 +70,14 @@ def margin_logits(embedding, label, num_classes, emb_size, loss='arcface', s=64.
     label : Symbol
         (N,) class ids (float, as MXNet labels are).
     num_classes, emb_size : int
-    loss : {'softmax', 'arcface', 'cosface', 'combined'}
+    loss : {'softmax', 'arcface', 'cosface', 'combined', 'arcneg'}
     s : float
         Scale of the normalised logits.
     m1, m2, m3 : float or None
         Override the loss's margins.
     theta_overflow : {'insightface', 'none'}
-        Target-logit rule once ``m1*theta + m2`` reaches pi (see the module docstring).
+        Target-logit rule once ``m1*theta + m2`` reaches pi (see the module docstring); for
+        'arcneg' it also sets the ``phi`` the negatives' weights are centred on.
     lr_mult, wd_mult : float
         Multipliers of ``fc7_weight``.
 
@@ -70,7 +85,8 @@ def margin_logits(embedding, label, num_classes, emb_size, loss='arcface', s=64.
     -------
     Symbol
         (N, num_classes) logits; weight ``fc7_weight`` of shape (num_classes, emb_size)
-        (and ``fc7_bias`` for 'softmax'), initialised Normal(0.01) as the reference does.
+        (and ``fc7_bias`` for 'softmax'), initialised Normal(0.01) as the reference does
+        ('arcneg': U(+-1/sqrt(emb_size)) as its reference).
     """
     if theta_overflow not in THETA_OVERFLOW:
         raise ValueError('theta_overflow must be one of %s, got %r'
@@ -78,8 +94,13 @@ def margin_logits(embedding, label, num_classes, emb_size, loss='arcface', s=64.
     if num_classes < 2:
         raise ValueError('num_classes must be >= 2, got %r' % (num_classes,))
     margins = margin_params(loss, m1, m2, m3)
+    if loss == 'arcneg' and (margins[0] != 1.0 or margins[2] != 0.0):
+        raise ValueError('arcneg has an additive angular margin m2 only (m1=1, m3=0), got '
+                         'm1=%r, m3=%r' % (margins[0], margins[2]))
+    init = mx.init.Uniform(1.0 / math.sqrt(emb_size)) if loss == 'arcneg' \
+        else mx.init.Normal(0.01)
     weight = mx.sym.Variable('fc7_weight', shape=(num_classes, emb_size), lr_mult=lr_mult,
-                             wd_mult=wd_mult, init=mx.init.Normal(0.01))
+                             wd_mult=wd_mult, init=init)
     if margins is None:
         bias = mx.sym.Variable('fc7_bias', lr_mult=2.0, wd_mult=0.0)
         return mx.sym.FullyConnected(data=embedding, weight=weight, bias=bias,
@@ -89,6 +110,8 @@ def margin_logits(embedding, label, num_classes, emb_size, loss='arcface', s=64.
     nembedding = mx.sym.L2Normalization(embedding, mode='instance', name='fc1n') * s
     fc7 = mx.sym.FullyConnected(data=nembedding, weight=weight, no_bias=True,
                                 num_hidden=num_classes, name='fc7')
+    if loss == 'arcneg':
+        return _arcneg_logits(fc7, label, num_classes, s, m2, theta_overflow)
     if (m1, m2, m3) == (1.0, 0.0, 0.0):
         return fc7
     if m1 == 1.0 and m2 == 0.0:
@@ -112,3 +135,20 @@ def margin_logits(embedding, label, num_classes, emb_size, loss='arcface', s=64.
     one_hot = mx.sym.one_hot(label, depth=num_classes, on_value=1.0, off_value=0.0)
     return fc7 + mx.sym.broadcast_mul(one_hot, diff)
 
+
+def _arcneg_logits(fc7, label, num_classes, s, m, theta_overflow):
+    """ArcNegFace logits from ``fc7 = s * cos`` (see the module docstring)."""
+    cos = fc7 / s
+    cos_y = mx.sym.pick(cos, label, axis=1)
+    sin_y = mx.sym.sqrt(mx.sym.maximum(1.0 - cos_y * cos_y, SIN_FLOOR ** 2))
+    phi = cos_y * math.cos(m) - sin_y * math.sin(m)
+    if theta_overflow == 'insightface' and m > 0.0:
+        phi = mx.sym.where(cos_y > math.cos(math.pi - m), phi, cos_y - m * math.sin(m))
+    phi = mx.sym.expand_dims(phi, 1)
+    gap = mx.sym.broadcast_sub(cos, phi)
+    # the weights are constants of the backward pass, as the reference's .detach()
+    t = mx.sym.BlockGrad(ARCNEG_ALPHA * mx.sym.exp(-mx.sym.square(gap) / ARCNEG_SIGMA),
+                         name='arcneg_t')
+    negatives = t * cos + t - 1.0
+    one_hot = mx.sym.one_hot(label, depth=num_classes, on_value=1.0, off_value=0.0)
+    return s * (mx.sym.broadcast_mul(one_hot, phi) + (1.0 - one_hot) * negatives)

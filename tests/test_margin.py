@@ -114,4 +114,4 @@ def test_bad_arguments():
         margin_params('sphereface')
     with pytest.raises(ValueError, match='theta_overflow'):
         margin_logits(mx.sym.Variable('e'), mx.sym.Variable('l'), 3, 2, theta_overflow='clip')
-    assert set(LOSSES) == {'softmax', 'arcface', 'cosface', 'combined'}
+    assert set(LOSSES) == {'softmax', 'arcface', 'cosface', 'combined', 'arcneg'}

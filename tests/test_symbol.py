@@ -114,7 +114,9 @@ def test_registry_errors_are_helpful():
         get_symbol('vargfacenet', variant='pytorch')
     with pytest.raises(ValueError, match='group_base'):
         get_symbol('vargfacenet', multiplier=1.1)
-    assert set(list_networks()) == {'vargfacenet', 'r18', 'r34', 'r50', 'r100', 'mobilefacenet'}
+    assert set(list_networks()) == {'vargfacenet', 'r18', 'r34', 'r50', 'r100', 'mobilefacenet',
+                                    'pocketnet_s128', 'pocketnet_s256', 'pocketnet_m128',
+                                    'pocketnet_m256'}
     assert network_arguments('vargfacenet')['emb_size'] == 512
 
 

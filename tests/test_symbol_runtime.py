@@ -7,7 +7,8 @@ import pytest
 from vargfacenet.symbol import get_symbol, list_networks
 from vargfacenet.runtime.checkpoint import save_embedding
 
-EMB = {'vargfacenet': 512, 'r18': 512, 'r34': 512, 'r50': 512, 'r100': 512, 'mobilefacenet': 128}
+EMB = {'vargfacenet': 512, 'r18': 512, 'r34': 512, 'r50': 512, 'r100': 512, 'mobilefacenet': 128,
+       'pocketnet_s128': 128, 'pocketnet_s256': 256, 'pocketnet_m128': 128, 'pocketnet_m256': 256}
 
 
 def random_params(sym, batch, seed=0):
