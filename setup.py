@@ -35,6 +35,6 @@ setup(
     install_requires=REQUIREMENTS,
     # bench: the PyTorch column of bench/bench_speed.py (the CPU wheel; a bare 'torch' pulls a
     # multi-GB CUDA build)
-    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1'], 'bench': ['torch==2.13.0']},
+    extras_require={'test': ['pytest>=7', 'pytest-timeout>=2.1', 'hypothesis>=6'], 'bench': ['torch==2.13.0']},
     license='Apache-2.0',
 )

@@ -43,6 +43,9 @@ class FaceImageIter(mx.io.DataIter):
     def __init__(self, path, batch_size, shuffle=True, seed=0, rand_mirror=True, num_parts=1,
                  part_index=0, num_workers=2, skip_bad=False, data_name='data',
                  label_name='softmax_label'):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                batch_size < 1:
+            raise ValueError('batch_size must be an integer >= 1, got %r' % (batch_size,))
         super().__init__(batch_size)
         if not 0 <= part_index < num_parts:
             raise ValueError('part_index must be in [0, num_parts), got %d of %d'

@@ -35,6 +35,11 @@ _MAGIC_BYTES = struct.pack('<I', MAGIC)
 _HEADER = struct.Struct('<IfQQ')       # flag, label, id, id2 (mx.recordio.IRHeader)
 
 
+# plausibility limits of hostile input: checked before anything of that size is allocated
+MAX_CLASSES = 1 << 24           # identities of a set (the largest public ones have ~2M)
+MAX_SIDE = 4096                 # image height or width in pixels
+
+
 class FaceDataError(ValueError):
     """Bad input data: the message names the file and record/line and what was expected."""
 
@@ -42,19 +47,34 @@ class FaceDataError(ValueError):
 def read_property(path):
     """``(num_classes, (H, W))`` from a ``property`` file (first line ``C,H,W``)."""
     try:
-        with open(path) as f:
-            line = f.readline().strip()
+        with open(path, 'rb') as f:
+            raw = f.readline(4096)
     except OSError as err:
         raise FaceDataError('%s: cannot read property file (%s)' % (path, err))
+    try:
+        line = raw.decode('utf-8').strip()
+    except UnicodeDecodeError:
+        raise FaceDataError('%s line 1: not UTF-8 text, expected "num_classes,height,width", '
+                            'got %r' % (path, raw[:80]))
     fields = line.split(',')
     try:
         num_classes, height, width = (int(v) for v in fields)
     except ValueError:
         raise FaceDataError('%s line 1: expected "num_classes,height,width", got %r'
-                            % (path, line))
+                            % (path, line[:200]))
     if num_classes < 1 or height < 1 or width < 1:
         raise FaceDataError('%s line 1: values must be positive, got %r' % (path, line))
+    if num_classes > MAX_CLASSES or height > MAX_SIDE or width > MAX_SIDE:
+        raise FaceDataError('%s line 1: %r is implausible (at most %d classes and %d pixels a '
+                            'side)' % (path, line, MAX_CLASSES, MAX_SIDE))
     return num_classes, (height, width)
+
+
+def property_num_classes(path):
+    """The class count of a RecordIO set's ``property`` file, or None when it has none (cheap:
+    reads only that file)."""
+    prop = _find_files(path)[2]
+    return read_property(prop)[0] if os.path.isfile(prop) else None
 
 
 def write_property(path, num_classes, image_size):
@@ -67,8 +87,13 @@ def read_index(path):
     """``{key: byte offset}`` from a ``.idx`` file (``key\\toffset`` lines)."""
     index = {}
     try:
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
+        with open(path, 'rb') as f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode('utf-8')
+                except UnicodeDecodeError:
+                    raise FaceDataError('%s line %d: not UTF-8 text, expected "key<TAB>offset", '
+                                        'got %r' % (path, line_no, raw[:80]))
                 if not line.strip():
                     continue
                 parts = line.split('\t')
@@ -76,7 +101,9 @@ def read_index(path):
                     key, offset = int(parts[0]), int(parts[1])
                 except (ValueError, IndexError):
                     raise FaceDataError('%s line %d: expected "key<TAB>offset", got %r'
-                                        % (path, line_no, line.rstrip('\n')))
+                                        % (path, line_no, line.rstrip('\n')[:200]))
+                if key in index:
+                    raise FaceDataError('%s line %d: key %d appears twice' % (path, line_no, key))
                 index[key] = offset
     except OSError as err:
         raise FaceDataError('%s: cannot read index (%s)' % (path, err))
@@ -133,14 +160,63 @@ def unpack_payload(payload, source, key):
 
 
 def decode_image(jpeg, source, key):
-    """RGB uint8 HxWx3 from JPEG/PNG bytes (cv2 decodes BGR)."""
+    """RGB uint8 HxWx3 from JPEG/PNG bytes (cv2 decodes BGR).
+
+    Only JPEG and PNG are accepted, and their header's size is checked (at most
+    ``MAX_SIDE`` pixels a side) before anything is decoded: a few hostile bytes claiming a huge
+    image must not make the decoder allocate gigabytes.
+    """
     img = None
-    if jpeg:
+    size = image_header_size(jpeg) if jpeg else None
+    if size is not None and (size[0] > MAX_SIDE or size[1] > MAX_SIDE):
+        raise FaceDataError('%s record %s: the image header claims %dx%d pixels, more than %d '
+                            'a side' % (source, key, size[0], size[1], MAX_SIDE))
+    if size is not None:
         img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
-        raise FaceDataError('%s record %s: image bytes (%d) do not decode as an image'
-                            % (source, key, len(jpeg)))
+        raise FaceDataError('%s record %s: image bytes (%d) do not decode as an image (JPEG or '
+                            'PNG expected, starting %r)' % (source, key, len(jpeg),
+                                                            bytes(jpeg[:8])))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic ...): they carry the size
+_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def image_header_size(data):
+    """``(height, width)`` from a JPEG's or PNG's header, ``(0, 0)`` for a JPEG whose frame
+    header is not found (the decoder then decides), None for anything else."""
+    data = bytes(data)
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b'IHDR':
+            return None
+        width, height = struct.unpack('>II', data[16:24])
+        return height, width
+    if not data.startswith(b'\xff\xd8'):
+        return None
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return (0, 0)
+        marker = data[pos + 1]
+        if marker == 0xFF:                      # fill byte
+            pos += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD9:     # markers without a length
+            pos += 2
+            continue
+        length = struct.unpack('>H', data[pos + 2:pos + 4])[0]
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(data):
+                return (0, 0)
+            height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
+            return height, width
+        if length < 2:
+            return (0, 0)
+        pos += 2 + length
+    return (0, 0)
 
 
 def encode_jpeg(rgb, quality=95, source='image'):
@@ -174,6 +250,12 @@ def _describe(value):
     if isinstance(value, np.ndarray):
         return '%s array of shape %s' % (value.dtype, value.shape)
     return type(value).__name__
+
+
+def _whole(value):
+    """``value`` as an int when it is a finite whole number (a float32 label), else None."""
+    value = float(value)
+    return int(value) if np.isfinite(value) and value == int(value) else None
 
 
 def _find_files(path, prefix='train'):
@@ -235,7 +317,7 @@ class FaceRecordReader:
             if isinstance(label, np.ndarray) and label.size >= 2 and not body:
                 header_label = label
         if header_label is not None:
-            first, last = int(header_label[0]), int(header_label[1])
+            first, last = self._check_header(header_label)
             self.image_keys = np.arange(1, first, dtype=np.int64)
             ranges = []
             for key in range(first, last):
@@ -243,7 +325,12 @@ class FaceRecordReader:
                 if not isinstance(label, np.ndarray) or label.size < 2:
                     raise FaceDataError('%s record %d: expected an identity record with label '
                                         '[start, end)' % (self.rec_path, key))
-                ranges.append((int(label[0]), int(label[1])))
+                start, end = (_whole(label[0]), _whole(label[1]))
+                if start is None or end is None or not 1 <= start <= end <= first:
+                    raise FaceDataError('%s record %d: identity range [%s, %s) is not within the '
+                                        'image keys 1..%d of the header'
+                                        % (self.rec_path, key, label[0], label[1], first - 1))
+                ranges.append((start, end))
             self.identity_ranges = np.array(ranges, np.int64).reshape(-1, 2)
         else:
             self.image_keys = np.array(sorted(self.index), np.int64)
@@ -252,13 +339,41 @@ class FaceRecordReader:
             raise FaceDataError('%s: image keys %s are not in the index %s'
                                 % (self.rec_path, missing[:3], self.idx_path))
         self.num_images = len(self.image_keys)
+        if not self.num_images:
+            raise FaceDataError('%s: the set holds no image records (index %s)'
+                                % (self.rec_path, self.idx_path))
         if os.path.isfile(self.property_path):
             self.num_classes, self.image_size = read_property(self.property_path)
         else:
             self.num_classes = (len(self.identity_ranges) if self.identity_ranges is not None
                                 else int(self.labels().max()) + 1)
             self.image_size = (112, 112)
+            if self.num_classes > MAX_CLASSES:
+                raise FaceDataError('%s: labels up to %d imply %d classes, more than %d (no '
+                                    'property file beside it to say otherwise)'
+                                    % (self.rec_path, self.num_classes - 1, self.num_classes,
+                                       MAX_CLASSES))
         self._labels = None
+
+    def _check_header(self, label):
+        """``(first, last)`` of the header record's label ``[N+1, N+1+K]``, checked against the
+        index before anything of that size is allocated: keys 0..last-1 must all be in it."""
+        first, last = _whole(label[0]), _whole(label[1])
+        if first is None or last is None or not 1 <= first <= last:
+            raise FaceDataError('%s record 0: header label [%s, %s) is not a range of record '
+                                'keys [N+1, N+1+K) with 1 <= N+1 <= N+1+K'
+                                % (self.rec_path, label[0], label[1]))
+        if last > len(self.index):
+            raise FaceDataError('%s record 0: the header claims %d images and %d identities, but '
+                                'the index %s has only %d records'
+                                % (self.rec_path, first - 1, last - first, self.idx_path,
+                                   len(self.index)))
+        missing = [k for k in range(last) if k not in self.index]
+        if missing:
+            raise FaceDataError('%s record 0: the header claims keys 0..%d, but keys %s are not in '
+                                'the index %s' % (self.rec_path, last - 1, missing[:3],
+                                                  self.idx_path))
+        return first, last
 
     # -- low level ----------------------------------------------------------------------------
     def _descriptor(self):
@@ -279,6 +394,9 @@ class FaceRecordReader:
     # -- public -------------------------------------------------------------------------------
     def _class_id(self, label, key):
         value = float(label[0]) if isinstance(label, np.ndarray) else float(label)
+        if not np.isfinite(value):
+            raise FaceDataError('%s record %s: label %r is not a finite class id'
+                                % (self.rec_path, key, value))
         class_id = int(value)
         if class_id != value or class_id < 0 or class_id >= getattr(self, 'num_classes', 1 << 62):
             raise FaceDataError('%s record %s: label %r is outside the %d classes declared in %s'

@@ -52,6 +52,8 @@ def evaluate_features(features, labels, fprs=metrics.DEFAULT_FPRS, source='featu
       the same pairs for every model), with its standard error and per-fold accuracies, when the
       set has at least 20 identities with two images.
     """
+    from vargfacenet.eval.features import check_identity_labels
+    check_identity_labels(labels, source)      # NaN labels would silently drop genuine pairs
     features = np.asarray(features, np.float32)
     labels = np.asarray(labels)
     if features.ndim != 2:
@@ -152,6 +154,12 @@ def main(argv=None):
     parser.add_argument('--json', help='also write the figures to this JSON file')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    if args.features and args.labels:      # input validation: named errors before any work
+        from vargfacenet.eval.features import FeatureFileError, check_identity_labels, load_array
+        try:
+            check_identity_labels(load_array(args.labels, 'identity labels'), args.labels)
+        except FeatureFileError as err:
+            parser.error(str(err))
     try:
         fprs = parse_fprs(args.fpr)
     except ValueError as err:

@@ -58,6 +58,24 @@ def main(argv=None):
     parser.add_argument('--json', help='also write the figures to this JSON file')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
+    # input validation, named errors before any work: pair labels are booleans or 0/1, at least
+    # one pair per fold (an empty fold's accuracy is NaN); packs through the restricted unpickler
+    from vargfacenet.data.binpack import check_pairs, pair_labels, read_pack_labels
+    from vargfacenet.data.recordio import FaceDataError
+    from vargfacenet.eval.features import FeatureFileError, check_embeddings, load_array
+    try:
+        if args.embeddings and args.issame:
+            check_embeddings(load_array(args.embeddings, 'embeddings'), args.embeddings)
+            labels = load_array(args.issame, 'pair labels')
+            if labels.ndim != 1:
+                raise FeatureFileError('%s: pair labels must be 1-D, got shape %s'
+                                       % (args.issame, labels.shape))
+            check_pairs(pair_labels(labels.tolist(), args.issame), args.issame)
+        elif args.model and args.data:
+            for pack in [p for p in args.data.split(',') if p]:
+                read_pack_labels(pack, min_pairs=10)
+    except (FaceDataError, FeatureFileError) as err:
+        parser.error(str(err))
     results = {}
     if args.embeddings or args.issame:
         if not (args.embeddings and args.issame):

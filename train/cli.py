@@ -12,8 +12,12 @@ def common_parser(description, run_dir):
     """Parser with the data, network, schedule and device flags of every training command."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--preset', default='embedded', help='config preset (%s) or a path to a '
-                        '.py file defining CONFIG' % ', '.join(list_presets()))
+    parser.add_argument('--preset', default='embedded',
+                        help='config preset (%s), a JSON config file (run.json: the same keys '
+                             'as a preset\'s CONFIG, data only), or a path to a .py file '
+                             'defining CONFIG. A .py preset is Python code and runs with your '
+                             'permissions when loaded: use .json for configs from elsewhere'
+                        % ', '.join(list_presets()))
     parser.add_argument('--data', default=None,
                         help='training RecordIO folder (train.rec/.idx/property); default: the '
                              'embedded synthetic set')
@@ -31,6 +35,10 @@ def common_parser(description, run_dir):
                         help='kvstore for multi-device training')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
                         metavar='SECTION.KEY=VALUE', help='any other config override')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='also read training states (.state) written by older versions, '
+                             'which are pickles: loading a pickle can run code, so use this '
+                             'only for files you made or trust (a warning is logged)')
     return parser
 
 
@@ -63,7 +71,15 @@ def add_kd_arguments(parser):
 
 
 def overrides_from_args(args):
-    """Command-line flags -> config overrides (the flags win over the preset)."""
+    """Command-line flags -> config overrides (the flags win over the preset).
+
+    Also applies the process-wide switch of ``--trust-pickle`` (read pickled training states,
+    :func:`vargfacenet.runtime.checkpoint.set_trust_pickle`); the commands call this after
+    ``settings.apply()``, so importing the checkpoint module (and MXNet) here is safe.
+    """
+    if getattr(args, 'trust_pickle', False):
+        from vargfacenet.runtime import checkpoint
+        checkpoint.set_trust_pickle(True)
     flags = {('data', 'train'): args.data, ('data', 'test'): args.test,
              ('data', 'val'): args.val.split(',') if args.val else None,
              ('network', 'name'): args.network,

@@ -167,7 +167,6 @@ def _check_data(value, where):
 
 
 def _check_values(cfg):
-    _check_data(cfg, '')
     if cfg['kd']['form'] not in KD_FORMS:
         raise ConfigError("kd.form must be 'l2' or 'angular', got %r" % (cfg['kd']['form'],))
     others = cfg['kd']['compare_forms']
@@ -187,6 +186,7 @@ def _check_values(cfg):
     if list(steps) != sorted(steps):
         raise ConfigError('config value schedule.steps must be in increasing order, got %r'
                           % (steps,))
+    _check_data(cfg, '')         # the rest (network.kwargs ...): JSON data, finite numbers
 
 
 def _number(low=None, high=None, low_open=False, high_open=False):

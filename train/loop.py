@@ -350,17 +350,11 @@ class Run:
         arg, aux = self.current_params()
         dep_arg, dep_aux, extra = ckpt.split_params(self.embedding_sym, arg, aux)
         ckpt.save_embedding(self.prefix, index, self.embedding_sym, dep_arg, dep_aux)
-        tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
-        try:
-            self.module.save_optimizer_states(tmp)
-            with open(tmp, 'rb') as f:
-                opt_states = f.read()
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         progress = self.state.as_dict()
         progress['rng_seed'] = self._reseed()
-        ckpt.save_state(self.prefix, index, extra, opt_states, progress)
+        # the optimizer states as arrays + JSON (Module.save_optimizer_states would pickle them)
+        ckpt.save_state(self.prefix, index, extra, ckpt.optimizer_updater(self.module).states,
+                        progress)
         LOGGER.info('%scheckpoint %s-%04d.params (step %d)', self.tag, self.prefix, index,
                     self.state.step)
 
@@ -385,13 +379,9 @@ class Run:
                              % (ckpt.state_path(self.prefix, index), saved_seed,
                                 self.cfg.train.seed, self.state.step))
         self.init_optimizer(begin_step=self.state.step)
-        tmp = '%s-%04d.optstate.tmp' % (self.prefix, index)
-        try:
-            with open(tmp, 'wb') as f:
-                f.write(payload['optimizer'])
-            self.module.load_optimizer_states(tmp)
-        finally:
-            os.remove(tmp)
+        updater = ckpt.optimizer_updater(self.module)   # as Updater.set_states, no pickle
+        updater.states = dict(payload['optimizer'])
+        updater.states_synced = dict.fromkeys(updater.states, False)
         LOGGER.info('%sresumed from %s-%04d at step %d (epoch %d, batch %d)', self.tag,
                     self.prefix, index, self.state.step, self.state.epoch,
                     self.state.batch_in_epoch)

@@ -69,6 +69,16 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     """
     os.makedirs(run_dir, exist_ok=True)
     prefix = os.path.join(run_dir, name)
+    # crash safety: one process per run folder (a second copy refuses), partial files of killed
+    # writes removed, room for the checkpoints checked before anything is built
+    from vargfacenet.data.atomic import check_free_space, hold_run_lock, remove_partial_files
+    from vargfacenet.data.recordio import property_num_classes
+    hold_run_lock(run_dir)
+    remove_partial_files(run_dir, name)
+    check_free_space(run_dir, ckpt.room_needed(
+        prefix, get_symbol(cfg.network.name, **cfg.network.kwargs),
+        property_num_classes(cfg.data.train) if cfg.data.train else None),
+        'the checkpoints of %r' % name)
     # refuse before writing anything: the config file beside a run is its record
     resume_index = ckpt.latest_checkpoint(prefix, with_state=True) if resume else None
     if resume and resume_index is None:
