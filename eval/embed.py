@@ -57,8 +57,9 @@ class Embedder:
         return dict(embeddings=(total / norm).astype(np.float32), raw=raw, raw_flip=raw_flip)
 
 
-def embed_rec(embedder, rec_path, chunk=CHUNK):
-    """(embeddings, labels) of every image of a RecordIO set, flip-summed and L2-normalised.
+def embed_rec(embedder, rec_path, chunk=CHUNK, flip=True):
+    """(embeddings, labels) of every image of a RecordIO set, L2-normalised (flip-summed with
+    ``flip``).
 
     Decodes and embeds ``chunk`` images at a time, so memory stays bounded by the chunk and the
     (N, D) result, never by the decoded images of the whole set."""
@@ -68,7 +69,7 @@ def embed_rec(embedder, rec_path, chunk=CHUNK):
         keys = reader.image_keys
         for start in range(0, len(keys), chunk):
             images = np.stack([reader.read_image(int(k))[1] for k in keys[start:start + chunk]])
-            feats.append(embedder.embed(images)['embeddings'])
+            feats.append(embedder.embed(images, flip=flip)['embeddings'])
             if len(keys) > chunk:
                 LOGGER.info('%s: %d/%d images', rec_path, min(start + chunk, len(keys)),
                             len(keys))

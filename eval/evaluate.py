@@ -40,7 +40,7 @@ def pack_name(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def evaluate_embedder(embedder, packs=(), test_rec=None, fprs=metrics.DEFAULT_FPRS):
+def evaluate_embedder(embedder, packs=(), test_rec=None, fprs=metrics.DEFAULT_FPRS, flip=True):
     """Verification figures per ``.bin`` pack and, with ``test_rec``, the LFR2019 figures.
 
     Parameters
@@ -50,6 +50,8 @@ def evaluate_embedder(embedder, packs=(), test_rec=None, fprs=metrics.DEFAULT_FP
         ``.bin`` verification packs.
     test_rec : str or None
         RecordIO test folder (identities from its labels), streamed in chunks.
+    flip : bool
+        Flip-summed embeddings (insightface's protocol), or one forward pass per image.
 
     Returns
     -------
@@ -57,19 +59,20 @@ def evaluate_embedder(embedder, packs=(), test_rec=None, fprs=metrics.DEFAULT_FP
         ``verification``: {pack name: figures}; ``lfr`` when ``test_rec`` is given.
     """
     from vargfacenet.eval.verification import evaluate_bin
-    out = {'verification': {pack_name(p): evaluate_bin(embedder, p) for p in packs}}
+    out = {'verification': {pack_name(p): evaluate_bin(embedder, p, flip) for p in packs}}
     if test_rec:
         from vargfacenet.eval.lfr import evaluate_rec
-        out['lfr'] = evaluate_rec(embedder, test_rec, fprs)
+        out['lfr'] = evaluate_rec(embedder, test_rec, fprs, flip)
+        out['lfr']['flip'] = flip
     return out
 
 
 def evaluate_checkpoint(spec, packs=(), test_rec=None, batch_size=32, ctx=None,
-                        fprs=metrics.DEFAULT_FPRS):
+                        fprs=metrics.DEFAULT_FPRS, flip=True):
     """:func:`evaluate_embedder` of checkpoint ``PREFIX,INDEX`` (or a (prefix, index) pair)."""
     from vargfacenet.eval.embed import Embedder
     embedder = Embedder.from_checkpoint(spec, batch_size=batch_size, ctx=ctx)
-    return evaluate_embedder(embedder, packs, test_rec, fprs)
+    return evaluate_embedder(embedder, packs, test_rec, fprs, flip)
 
 
 def metrics_record(name, prefix, index, evaluation, dataset, steps=None, network=None,

@@ -106,10 +106,11 @@ def measurement_errors(features, labels, rows):
     return out
 
 
-def evaluate_rec(embedder, rec_path, fprs=metrics.DEFAULT_FPRS):
-    """Embed every image of a RecordIO test set (flip-summed, streamed in chunks) and evaluate."""
+def evaluate_rec(embedder, rec_path, fprs=metrics.DEFAULT_FPRS, flip=True):
+    """Embed every image of a RecordIO test set (flip-summed with ``flip``, streamed in chunks)
+    and evaluate."""
     from vargfacenet.eval.embed import embed_rec
-    features, labels = embed_rec(embedder, rec_path)
+    features, labels = embed_rec(embedder, rec_path, flip=flip)
     return evaluate_features(features, labels, fprs, source=rec_path)
 
 

@@ -51,6 +51,14 @@ def _heldout_cell(lfr):
     return _with_error(ver['accuracy'], ver['accuracy_se']) if ver else ''
 
 
+def pack_accuracy(figures):
+    """(mean, std) of a pack's headline accuracy (flip-summed when evaluated with flip; older
+    metrics files only have the ``accuracy_flip_*`` keys)."""
+    if 'accuracy_mean' in figures:
+        return figures['accuracy_mean'], figures['accuracy_std']
+    return figures['accuracy_flip_mean'], figures['accuracy_flip_std']
+
+
 def _clock(seconds):
     return '%d:%02d' % (int(seconds) // 60, int(seconds) % 60)
 
@@ -148,18 +156,20 @@ def markdown(results, title, fprs=(1e-2, 1e-3, 1e-4), comparisons=None):
         cells += [_tpr_cell(r.get('lfr'), f) for f in fprs]
         for p in packs:
             v = r.get('verification', {}).get(p)
-            cells.append('%.4f +- %.4f' % (v['accuracy_flip_mean'], v['accuracy_flip_std'])
-                         if v else '')
+            cells.append('%.4f +- %.4f' % pack_accuracy(v) if v else '')
         if timed:
             cells.append(_times(r.get('seconds')))
         cells.append('%s data' % r.get('dataset', '?'))
         lines.append('| ' + ' | '.join(cells) + ' |')
-    lines += ['', 'Held-out verification: 10-fold accuracy (flip-summed embeddings) on a balanced '
+    flipped = all((r.get('lfr') or {}).get('flip', True) for r in results)
+    lines += ['', 'Held-out verification: 10-fold accuracy (%s) on a balanced '
               'list of pairs of the test set\'s identities in identity-disjoint folds, '
               '+- standard error of the mean. TPR@FPR over all pairs of the test set, +- '
               'standard error over identities; n/m = not measurable (fewer than 1/FPR impostor '
               'pairs). Packs: insightface\'s protocol, +- the fold standard deviation as '
-              'insightface prints it (not an error of the mean).', '']
+              'insightface prints it (not an error of the mean).'
+              % ('flip-summed embeddings' if flipped else 'one forward pass per image, no flip'),
+              '']
     comparisons = default_comparisons([r['name'] for r in results]) \
         if comparisons is None else comparisons
     if comparisons:

@@ -12,7 +12,8 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
     run_dir = str(tmp_path / 'run')
     argv = ['--recursive', '1', '--preset', 'smoke', '--teacher-preset', 'smoke',
             '--run-dir', run_dir, '--set', 'data.synthetic_root=%s' % (tmp_path / 'syn'),
-            '--set', "network.kwargs={'multiplier': 0.5}", '--set', "kd.compare_forms=['angular']"]
+            '--set', "network.kwargs={'multiplier': 0.5}", '--set', "kd.compare_forms=['angular']",
+            '--set', 'eval.flip=False', '--set', 'log.verify_every=2']
     train_kd.main(argv)
     results = load_metrics([run_dir])
     assert sorted(r['name'] for r in results) == ['from scratch', 'recursive=1',
@@ -31,8 +32,8 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
         assert figures['num_pairs'] == pairs
         # every model's row shows its own figures
         row = [line for line in report.splitlines() if line.startswith('| %s |' % r['name'])]
-        assert len(row) == 1 and '%.4f +- %.4f' % (figures['accuracy_flip_mean'],
-                                                  figures['accuracy_flip_std']) in row[0]
+        assert len(row) == 1 and '%.4f +- %.4f' % (figures['accuracy_mean'],
+                                                  figures['accuracy_std']) in row[0]
         assert r['lfr']['num_genuine'] > 0
     steps = {r['name']: r['steps'] for r in results}
     assert steps['untrained'] == 0
@@ -47,6 +48,15 @@ def test_train_kd_cli_runs_every_stage_and_reuses_them(tmp_path):
             if row['measurable'] and row['fpr'] in (1e-2, 1e-3, 1e-4):   # the report's columns
                 assert '%.4f +- %.4f' % (row['tpr'], row['tpr_se']) in report
     assert '![learning curves](curves.png)' in report
+    # held-out verification of the test set's identities, with its standard error, no flip
+    for r in results:
+        ver = r['lfr']['verification']
+        assert r['lfr']['flip'] is False and len(ver['fold_accuracies']) == 10
+        assert '%.4f +- %.4f' % (ver['accuracy'], ver['accuracy_se']) in report
+        assert r['verification']['synth_lfw']['flip'] is False
+        if r['name'] in ('from scratch', 'recursive=1', 'recursive=1 (angular)'):
+            # the learning curve's held-out points: every 2 steps and the end
+            assert [h[0] for h in r['history']['heldout']] == [2, 3]
     assert os.path.getsize(os.path.join(run_dir, 'curves.png')) > 1000
     assert os.path.isfile(os.path.join(run_dir, 'log.txt'))
     # a second run reuses every finished stage instead of training again

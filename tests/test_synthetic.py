@@ -38,9 +38,9 @@ def test_identity_splits_are_disjoint(tmp_path):
     built = build_dataset(str(tmp_path / 'd'), 'tiny', seed=3, workers=1)
     manifest = json.load(open(os.path.join(built['root'], 'dataset.json')))
     ids = manifest['identities']
-    assert {k: len(v) for k, v in ids.items()} == dict(train=8, pack=10, test=6, distractor=6)
+    assert {k: len(v) for k, v in ids.items()} == dict(train=8, pack=10, test=20, distractor=6)
     every = [f for split in ids.values() for f in split]
-    assert len(set(every)) == len(every) == 30            # disjoint, and distinct within a split
+    assert len(set(every)) == len(every) == 44            # disjoint, and distinct within a split
     assert ids['train'][5] == identity_fingerprint(identity_traits(3, 'train', 5))
     # no image is shared either: every JPEG of the set occurs once
     jpegs = []
@@ -49,19 +49,20 @@ def test_identity_splits_are_disjoint(tmp_path):
             jpegs += [reader.read_raw(int(k))[1] for k in reader.image_keys]
     with open(built['bins']['synth_lfw'], 'rb') as f:
         pack = set(pickle.load(f)[0])                    # pairs reuse pack images
-    assert len(set(jpegs)) == len(jpegs) == 32 + 18 + 6 and not pack & set(jpegs)
+    assert len(set(jpegs)) == len(jpegs) == 32 + 40 + 6 and not pack & set(jpegs)
     # another seed: other identities altogether
     other = build_dataset(str(tmp_path / 'e'), 'tiny', seed=4, workers=1)
     other_ids = json.load(open(os.path.join(other['root'], 'dataset.json')))['identities']
     assert not set(every) & {f for split in other_ids.values() for f in split}
 
 
-# sha256 of the tiny set (seed 0) as built before the renderer was split into steps and the JPEG
-# encoders were merged (both kept every byte); a change means saved sets differ: bump
-# synthetic.FORMAT_VERSION and record the new digests
+# sha256 of the tiny set (seed 0); train and pack as built before the renderer was split into
+# steps and the JPEG encoders were merged (both kept every byte), the test split since it has 20
+# identities; a renderer change means saved sets differ: bump synthetic.FORMAT_VERSION and
+# record the new digests
 TINY_SEED0 = {
     'train/train.rec': 'b78114ae4486f7b74b8e3558450692f199461c60a449cd61026351069121085d',
-    'test/test.rec': '94e1ab43f418d70d8b5b4f301783ad55564e898d1683765c038ee207213c7179',
+    'test/test.rec': '2e2cda703fcf492ebff6825e19cf0c96794e4ffa64a916235f418237cbe20075',
     'synth_lfw.bin': '9e0755b0b9672138ea078793b58a233140932c59f4fe061ea5578f6f217c176c',
 }
 
@@ -84,7 +85,7 @@ def test_layout_and_reuse(tmp_path, caplog):
         assert train.num_images == 32 and train.num_classes == 8
     with FaceRecordReader(built['test']) as test:
         counts = np.bincount(test.labels())
-        assert test.num_classes == 12 and counts.tolist() == [3] * 6 + [1] * 6  # + distractors
+        assert test.num_classes == 26 and counts.tolist() == [2] * 20 + [1] * 6  # + distractors
     images, issame = load_bin(built['bins']['synth_lfw'])
     assert images.shape == (40, 112, 112, 3)
     assert (issame.reshape(10, -1).sum(1) == 1).all()     # every fold balanced

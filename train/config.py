@@ -252,6 +252,7 @@ SCHEMA = {
         'teacher_layer': (_string, 'a layer name such as fc1_output'),
         'cache_teacher': (_flag, 'True or False'),
         'projection': (_flag, 'True or False')},
+    'eval': {'flip': (_flag, 'True or False')},
     'optimizer': {
         'name': (_string, 'an MXNet optimizer name'),
         'lr': (_number(0, low_open=True), 'a finite number > 0'),

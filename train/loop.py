@@ -206,13 +206,12 @@ class Verifier(Callback):
         results = run.verify(self.packs, self.batch_size)
         state = run.state
         state.history.append(dict(step=state.step, verification=results))
-        score = results.get(self.best_on, {}).get('accuracy_flip_mean')
+        score = results.get(self.best_on, {}).get('accuracy_mean')
         run.is_best = score is not None and (state.best is None or score > state.best['accuracy'])
         if run.is_best:
             state.best = dict(step=state.step, pack=self.best_on, accuracy=score)
         LOGGER.info('%sstep %d verification: %s%s', run.tag, state.step,
-                    '  '.join('%s %.4f+-%.4f' % (name, r['accuracy_flip_mean'],
-                                                 r['accuracy_flip_std'])
+                    '  '.join('%s %.4f+-%.4f' % (name, r['accuracy_mean'], r['accuracy_std'])
                               for name, r in results.items()),
                     '  (new best)' if run.is_best else '')
 
@@ -395,7 +394,7 @@ class Run:
         dep_arg, dep_aux, _ = ckpt.split_params(self.embedding_sym, arg, aux)
         embedder = Embedder(self.embedding_sym, dep_arg, dep_aux, ctx=self.contexts[0],
                             batch_size=batch_size)
-        return evaluate_embedder(embedder, packs)['verification']
+        return evaluate_embedder(embedder, packs, flip=self.cfg.eval.flip)['verification']
 
     def _teacher_embeddings(self, batch):
         if self.teacher_cache is not None:

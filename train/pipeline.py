@@ -231,7 +231,7 @@ def learning_curve(summary, cfg):
     if not summary.get('losses'):
         return None
     pack = cfg.log.best_on or (pack_name(cfg.data.val[-1]) if cfg.data.val else None)
-    heldout = [[h['step'], h['verification'][pack]['accuracy_flip_mean']]
+    heldout = [[h['step'], h['verification'][pack]['accuracy_mean']]
                for h in summary.get('history', []) if pack in h.get('verification', {})]
     return dict(loss=summary['losses'], heldout=heldout, pack=pack)
 
@@ -244,7 +244,7 @@ def evaluate_models(models, cfg, dataset_label):
         LOGGER.info('evaluating %s (%s,%d)', model['name'], model['prefix'], model['index'])
         started = time.time()
         evaluation = evaluate_checkpoint((model['prefix'], model['index']), cfg.data.val,
-                                         cfg.data.test)
+                                         cfg.data.test, flip=cfg.eval.flip)
         evaluation['seconds'] = dict(train=model.get('seconds'), evaluate=time.time() - started)
         record = metrics_record(model['name'], model['prefix'], model['index'], evaluation,
                                 dataset_label, steps=model.get('steps'),

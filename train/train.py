@@ -34,8 +34,8 @@ def main(argv=None):
     summary = pipeline.train_one(cfg, args.run_dir, args.name, resume=args.resume)
     results = pipeline.evaluate_models([dict(summary, name=args.name)], cfg, data_label)
     for pack, r in results[0]['verification'].items():
-        LOGGER.info('%s: accuracy %.4f +- %.4f (%s data)', pack, r['accuracy_flip_mean'],
-                    r['accuracy_flip_std'], data_label)
+        LOGGER.info('%s: accuracy %.4f +- %.4f (%s data)', pack, r['accuracy_mean'],
+                    r['accuracy_std'], data_label)
 
 
 if __name__ == '__main__':

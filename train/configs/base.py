@@ -90,6 +90,11 @@ CONFIG = {
         # use the fast graph rewrite for training when available (same parameters and maths)
         'fast_path': True,
     },
+    'eval': {
+        # flip-summed embeddings (insightface's protocol: image + mirror, twice the cost), for
+        # the packs during training, the final packs and the test set
+        'flip': True,
+    },
     'log': {
         'every': 20,             # a progress line every N steps
         'verify_every': 2000,    # verification on the packs every N steps (and at the end)
