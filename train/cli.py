@@ -54,7 +54,9 @@ def add_kd_arguments(parser):
     parser.add_argument('--teacher-layer', default=None,
                         help='teacher output read as the embedding (default fc1_output)')
     parser.add_argument('--teacher-preset', default='embedded_teacher',
-                        help='config preset used to train a teacher when --teacher is not given')
+                        help='config preset (name, .py or .json) of the teacher trained when '
+                             '--teacher is not given; the other flags and --set configure the '
+                             'students only (the teacher gets the same data)')
     parser.add_argument('--init', default=None, metavar='PREFIX,INDEX',
                         help='checkpoint to start generation 1 (and the baseline) from; '
                              'default random initialisation')
