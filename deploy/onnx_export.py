@@ -14,7 +14,9 @@ and works around one exporter bug before exporting: a ``FullyConnected`` without
 ``flatten`` attribute is exported as if ``flatten=False`` (MXNet's default is True), which
 turns ``pre_fc1`` on (N, C, 1, 1) data into a wrong Gemm; the attribute is stated explicitly.
 
-The command is ``python deploy/export.py --model PREFIX,INDEX --out OUT --format onnx``.
+:func:`check_against_mxnet` is the check ``python deploy/export.py --model PREFIX,INDEX --out OUT
+--format onnx`` prints: ONNX Runtime's embeddings of synthetic faces against MXNet's at batch 1
+and 32 (the file has a dynamic batch axis), as max abs difference and min cosine.
 """
 import json
 import logging
@@ -24,10 +26,10 @@ import mxnet as mx
 import numpy as np
 
 from vargfacenet.data.atomic import atomic_path
-from vargfacenet.runtime import checkpoint
+from vargfacenet.deploy.checks import compare, to_nchw
 from vargfacenet.runtime.inference import InferenceModule
 
-__all__ = ['export_onnx', 'compare_with_mxnet']
+__all__ = ['export_onnx', 'compare_with_mxnet', 'onnx_session', 'check_against_mxnet']
 
 LOGGER = logging.getLogger(__name__)
 
@@ -94,13 +96,53 @@ def _explicit_fc_flatten(sym):
     return mx.sym.load_json(json.dumps(graph))
 
 
+def onnx_session(path):
+    """An ONNX Runtime CPU session of ``path`` as a function of a float32 NCHW batch (any
+    batch size) returning the (N, D) embeddings."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+
+    def forward(batch):
+        return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0]
+    return forward
+
+
+def check_against_mxnet(path, reference, images, batch_sizes=(1, 32), batch_1_images=8):
+    """ONNX Runtime's embeddings of ``images`` against MXNet's, per batch size.
+
+    Parameters
+    ----------
+    path : str
+        The ONNX file.
+    reference : array (N, D)
+        MXNet's raw embeddings of ``images`` (the faithful graph).
+    images : array (N, 112, 112, 3)
+        RGB 0..255.
+    batch_sizes : sequence of int
+        Each runs ``min(N, batch)`` images in one call; batch 1 runs the first
+        ``batch_1_images`` one at a time.
+
+    Returns
+    -------
+    list of dict
+        Per batch size: ``batch`` and :func:`vargfacenet.deploy.checks.compare`'s figures.
+    """
+    forward = onnx_session(path)
+    rows = []
+    for batch in batch_sizes:
+        count = min(len(images), batch_1_images if batch == 1 else batch)
+        data = to_nchw(images[:count])
+        ours = np.concatenate([forward(data[i:i + batch]) for i in range(0, count, batch)])
+        rows.append(dict(batch=int(batch), **compare(ours, reference[:count])))
+    return rows
+
+
 def compare_with_mxnet(path, sym, arg_params, aux_params, batch_size=4, seed=0):
     """Cosine similarities between ONNX Runtime's and MXNet's embeddings of random images."""
-    import onnxruntime
     rng = np.random.RandomState(seed)
     images = rng.uniform(0, 255, (batch_size, 3, 112, 112)).astype(np.float32)
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    ours = session.run(None, {session.get_inputs()[0].name: images})[0]
+    ours = onnx_session(path)(images)
     # the faithful graph (fast=False), as exported
     reference = InferenceModule(sym, arg_params, aux_params, batch_size=batch_size, fast=False)
     ref = reference.forward(mx.nd.array(images)).asnumpy()
