@@ -29,6 +29,8 @@ import logging
 import mxnet as mx
 import numpy as np
 
+from vargfacenet.runtime.fastpath import consumer_counts
+
 __all__ = ['fold_batchnorm', 'fold_affine', 'batchnorm_scale_shift', 'count_batchnorm']
 
 LOGGER = logging.getLogger(__name__)
@@ -79,16 +81,6 @@ def fold_affine(weight, bias, scale, shift):
     return folded_w.astype(dtype), folded_b.astype(dtype)
 
 
-def _consumers(graph):
-    count = [0] * len(graph['nodes'])
-    for node in graph['nodes']:
-        for j, _, _ in node['inputs']:
-            count[j] += 1
-    for j, _, _ in graph['heads']:
-        count[j] += 1
-    return count
-
-
 def _foldable(graph, bn_index, consumers):
     """(layer node index, None) when BatchNorm ``bn_index`` can be folded, else (None, why)."""
     nodes = graph['nodes']
@@ -133,7 +125,7 @@ def fold_batchnorm(sym, arg_params, aux_params):
     """
     graph = json.loads(sym.tojson())
     nodes = graph['nodes']
-    consumers = _consumers(graph)
+    consumers = consumer_counts(graph)
     fold_into = {}          # layer node index -> BatchNorm node index
     kept = {}
     for i, node in enumerate(nodes):

@@ -33,7 +33,8 @@ import mxnet as mx
 
 from vargfacenet.runtime import fastops
 
-__all__ = ['optimize', 'inference_graph', 'tile_batch', 'count_prelu', 'INFERENCE_TILE']
+__all__ = ['optimize', 'inference_graph', 'tile_batch', 'count_prelu', 'consumer_counts',
+           'INFERENCE_TILE']
 
 
 def count_prelu(sym):
@@ -207,7 +208,8 @@ def _entry_name(nodes, entry):
     return node['name'] + '_output'
 
 
-def _consumers(graph):
+def consumer_counts(graph):
+    """How many inputs (and heads) read each node of a graph's JSON dict."""
     count = [0] * len(graph['nodes'])
     for node in graph['nodes']:
         for j, _, _ in node['inputs']:
@@ -348,7 +350,7 @@ class _FusionPlan:
 
     def __init__(self, graph, fuse_bn, shapes):
         src = graph['nodes']
-        consumers = _consumers(graph)
+        consumers = consumer_counts(graph)
         self.fuse_bn = fuse_bn
         self.bn_into_prelu = _bn_into_prelu(src, consumers, fuse_bn)
         self.channel_scales = _channel_scales(src, shapes)
