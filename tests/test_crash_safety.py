@@ -23,14 +23,6 @@ from vargfacenet.train.config import load_config
 TINY = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.25, 'emb_size': 32}}}
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic')
-    cfg = load_config('smoke', [{'data': {'synthetic_root': str(root)}}])
-    pipeline.resolve_data(cfg)
-    return dict(train=cfg.data.train, val=list(cfg.data.val), test=cfg.data.test)
-
-
 def tiny_cfg(data, *overrides):
     return load_config('smoke', [TINY, {'data': dict(data)}] + list(overrides))
 

@@ -10,7 +10,6 @@ import pytest
 
 from vargfacenet.data.binpack import load_bin
 from vargfacenet.data.recordio import FaceDataError, FaceRecordReader
-from vargfacenet.data.synthetic import ensure_dataset
 from vargfacenet.deploy import export as export_cli
 from vargfacenet.deploy import int8
 from vargfacenet.deploy.checks import random_model, synthetic_faces, to_nchw
@@ -19,11 +18,6 @@ from vargfacenet.eval import metrics
 from vargfacenet.runtime import fastpath
 from vargfacenet.runtime.checkpoint import save_embedding
 from vargfacenet.symbol import get_symbol
-
-
-@pytest.fixture(scope='module')
-def tiny_set(tmp_path_factory):
-    return ensure_dataset(str(tmp_path_factory.mktemp('synthetic')), preset='tiny', seed=3)
 
 
 @pytest.fixture(scope='module')

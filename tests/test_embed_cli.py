@@ -13,18 +13,12 @@ import pytest
 
 from vargfacenet.data.align import ARCFACE_TEMPLATE, align_face
 from vargfacenet.data.binpack import load_bin
-from vargfacenet.data.synthetic import ensure_dataset
 from vargfacenet.deploy.checks import random_model, synthetic_faces
 from vargfacenet.eval import embed as embed_cli
 from vargfacenet.eval import metrics
 from vargfacenet.eval.embed import Embedder, embed_rec
 from vargfacenet.runtime.checkpoint import save_embedding
 from vargfacenet.symbol import get_symbol
-
-
-@pytest.fixture(scope='module')
-def tiny_set(tmp_path_factory):
-    return ensure_dataset(str(tmp_path_factory.mktemp('synthetic')), preset='tiny', seed=3)
 
 
 @pytest.fixture(scope='module')

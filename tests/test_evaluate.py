@@ -9,18 +9,12 @@ import pytest
 
 from vargfacenet.data.binpack import load_bin
 from vargfacenet.data.recordio import FaceRecordReader
-from vargfacenet.data.synthetic import ensure_dataset
 from vargfacenet.eval import metrics
 from vargfacenet.eval.embed import Embedder, embed_rec
 from vargfacenet.eval.evaluate import (evaluate_checkpoint, evaluate_embedder, load_metrics,
                                        metrics_record, write_metrics)
 from vargfacenet.runtime.checkpoint import save_embedding
 from vargfacenet.symbol import get_symbol
-
-
-@pytest.fixture(scope='module')
-def tiny_set(tmp_path_factory):
-    return ensure_dataset(str(tmp_path_factory.mktemp('synthetic')), preset='tiny', seed=3)
 
 
 @pytest.fixture(scope='module')

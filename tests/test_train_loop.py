@@ -18,14 +18,6 @@ from vargfacenet.train.loop import NonFiniteLossError
 SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_size': 64}}}
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synthetic')
-    cfg = load_config('smoke', [{'data': {'synthetic_root': str(root)}}])
-    pipeline.resolve_data(cfg)
-    return dict(train=cfg.data.train, val=list(cfg.data.val), test=cfg.data.test)
-
-
 def tiny_cfg(data, *overrides):
     return load_config('smoke', [SMALL, {'data': dict(data)}] + list(overrides))
 
