@@ -7,13 +7,13 @@ figures. :func:`model_card` assembles it; the network is read from the ``<prefix
 a training run writes beside its checkpoints when there is one, else recognised from the graph
 (:func:`describe_network`).
 """
-import hashlib
 import json
 import os
 import re
 
 import numpy as np
 
+from vargfacenet.runtime import checkpoint
 from vargfacenet.symbol import flops as flops_counter
 
 __all__ = ['describe_network', 'input_convention', 'file_entry', 'parameter_count', 'model_card',
@@ -116,12 +116,8 @@ def input_convention(sym):
 
 def file_entry(path):
     """``{file, bytes, sha256}`` of a written file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
     return dict(file=os.path.basename(path), bytes=os.path.getsize(path),
-                sha256=digest.hexdigest())
+                sha256=checkpoint.file_sha256(path))
 
 
 def parameter_count(arg_params):

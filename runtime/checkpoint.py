@@ -418,13 +418,18 @@ def room_needed(prefix, embedding_sym, num_classes=None, keep=4):
 
 
 # -- training state --------------------------------------------------------------------------------
-def _file_digest(path):
+def file_sha256(path):
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checkpoints, exports)."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_digest(path):
     return dict(name=os.path.basename(path), size=os.path.getsize(path),
-                sha256=digest.hexdigest())
+                sha256=file_sha256(path))
 
 
 def _encode_states(states, arrays):
