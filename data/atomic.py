@@ -112,9 +112,14 @@ class RunFolderBusyError(RuntimeError):
 _HELD_LOCKS = {}        # real path of a lock file -> open descriptor (held until exit)
 
 
-def hold_run_lock(folder):
+def hold_run_lock(folder, rank=0):
     """Make this process the only writer of ``folder``: a lock file ``folder/.run.lock`` holding
     the owner's pid and host, locked with ``flock``.
+
+    ``rank`` is the worker's rank in a distributed job: the workers of one job share the run
+    folder (on one machine, or a shared file system), so worker k > 0 locks its own
+    ``.run.rank<k>.lock`` (only rank 0 writes files). A second copy of the job still refuses:
+    its worker k finds worker k's lock taken.
 
     The lock is held until the process exits (the stages of one job run one after another in
     one process, so calling this again is a no-op). A lock left by a dead process is taken
@@ -133,7 +138,7 @@ def hold_run_lock(folder):
     except OSError as err:
         raise OSError(err.errno, 'run folder %s cannot be created: %s' % (folder, err.strerror),
                       folder) from err
-    path = os.path.join(folder, LOCK_NAME)
+    path = os.path.join(folder, lock_name(rank))
     key = os.path.realpath(path)
     if key in _HELD_LOCKS:
         return path
@@ -162,10 +167,15 @@ def hold_run_lock(folder):
     return path
 
 
-def release_run_lock(folder):
+def lock_name(rank=0):
+    """The lock file name of worker ``rank`` (``.run.lock`` for rank 0 and single processes)."""
+    return LOCK_NAME if not rank else '.run.rank%d.lock' % int(rank)
+
+
+def release_run_lock(folder, rank=0):
     """Give up this process's lock of ``folder`` (it is released at exit anyway)."""
     import fcntl
-    key = os.path.realpath(os.path.join(folder, LOCK_NAME))
+    key = os.path.realpath(os.path.join(folder, lock_name(rank)))
     fd = _HELD_LOCKS.pop(key, None)
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)

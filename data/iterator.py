@@ -29,7 +29,12 @@ class FaceImageIter(mx.io.DataIter):
     seed : int
     rand_mirror : bool
     num_parts, part_index : int
-        Shard for distributed workers: this worker reads every ``num_parts``-th image.
+        Shard for distributed workers (``kv.num_workers``, ``kv.rank``). Every worker draws the
+        same epoch order (same ``seed``) over all images; a global batch is ``num_parts``
+        consecutive blocks of ``batch_size`` and this worker reads block ``part_index`` of each.
+        So the shards of an epoch are disjoint, cover every full global batch, are equally long
+        (workers of a synchronous job reach the epoch's end together) and together are exactly
+        the batches one process reading ``batch_size * num_parts`` images per step would see.
     num_workers : int
         Decoding threads.
     skip_bad : bool
@@ -51,11 +56,12 @@ class FaceImageIter(mx.io.DataIter):
             raise ValueError('part_index must be in [0, num_parts), got %d of %d'
                              % (part_index, num_parts))
         self.reader = FaceRecordReader(path)
-        self.keys = self.reader.image_keys[part_index::num_parts]
-        if len(self.keys) < batch_size:
-            raise FaceDataError('%s: shard %d/%d has %d images, fewer than one batch of %d'
-                                % (self.reader.rec_path, part_index, num_parts, len(self.keys),
-                                   batch_size))
+        self.keys = self.reader.image_keys          # every epoch permutes all of them
+        self.num_parts, self.part_index = int(num_parts), int(part_index)
+        if len(self.keys) < batch_size * self.num_parts:
+            raise FaceDataError('%s: %d images, fewer than one batch of %d for each of %d '
+                                'shard(s)' % (self.reader.rec_path, len(self.keys), batch_size,
+                                              self.num_parts))
         self.shuffle, self.seed, self.rand_mirror = shuffle, seed, rand_mirror
         self.skip_bad = skip_bad
         self.num_classes = self.reader.num_classes
@@ -63,7 +69,7 @@ class FaceImageIter(mx.io.DataIter):
         self.data_shape = (3, height, width)
         self.provide_data = [mx.io.DataDesc(data_name, (batch_size,) + self.data_shape)]
         self.provide_label = [mx.io.DataDesc(label_name, (batch_size,))]
-        self.num_batches = len(self.keys) // batch_size
+        self.num_batches = len(self.keys) // (batch_size * self.num_parts)
         self.bad_records = 0
         self._pool = ThreadPoolExecutor(max(1, int(num_workers)))
         LOGGER.info('%s: %d images, %d identities, %dx%d, shard %d/%d -> %d batches of %d',
@@ -72,12 +78,21 @@ class FaceImageIter(mx.io.DataIter):
         self.set_epoch(0)
 
     def epoch_plan(self, epoch):
-        """(keys, mirror flags) of ``epoch``, in batch order."""
+        """(keys, mirror flags) of ``epoch`` for this shard, in batch order."""
         rng = np.random.RandomState([int(self.seed) & 0x7fffffff, int(epoch)])
         order = rng.permutation(len(self.keys)) if self.shuffle else np.arange(len(self.keys))
         mirror = (rng.rand(len(self.keys)) < 0.5) if self.rand_mirror else \
             np.zeros(len(self.keys), bool)
-        return self.keys[order], mirror
+        keys = self.keys[order]
+        if self.num_parts > 1:
+            # block part_index of every global batch; the partial global batch at the end is
+            # dropped by every worker alike (a tail left to one worker would desynchronise them)
+            span = self.batch_size * self.num_parts
+            blocks = np.arange(len(keys) // span * span).reshape(-1, self.num_parts,
+                                                                 self.batch_size)
+            mine = blocks[:, self.part_index].ravel()
+            keys, mirror = keys[mine], mirror[mine]
+        return keys, mirror
 
     def set_epoch(self, epoch):
         """Start epoch ``epoch`` from its first batch."""
