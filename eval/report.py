@@ -280,3 +280,139 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+
+
+# Published results of each method, as their authors report them (fractions; their data, their
+# students and teachers, so only the direction of each change is comparable with ours).
+# MarginDistillation: david-svitov/margindistillation README (MS1MV2, MobileFaceNet-512 student,
+# ResNet100 ArcFace teacher). PocketNet: fdbtrs/PocketNet (MS1MV2, PocketNetS-128, ResNet100
+# teacher); the three LFW figures without KD / KD / multi-step KD are the best of its training
+# logs, the others the paper's multi-step model. VarGFaceNet: PUBLISHED above.
+PUBLISHED_METHODS = {
+    'from scratch': [
+        ('VarGFaceNet (paper)', 'MS1M-RetinaFace', dict(lfw=0.99683, cfp_fp=0.98086,
+                                                        agedb_30=0.98100)),
+        ('MobileFaceNet ArcFace (MarginDistillation README)', 'MS1MV2',
+         dict(lfw=0.9951, cfp_fp=0.9268, agedb_30=0.9613)),
+        ('PocketNetS-128 without KD (training log)', 'MS1MV2', dict(lfw=0.99517))],
+    'angular': [
+        ('VarGFaceNet recursive=1 (paper)', 'MS1M-RetinaFace',
+         dict(lfw=0.99783, cfp_fp=0.98400, agedb_30=0.98067)),
+        ('VarGFaceNet recursive=2 (paper)', 'MS1M-RetinaFace',
+         dict(lfw=0.99833, cfp_fp=0.98271, agedb_30=0.98050)),
+        ('MobileFaceNet + angular distillation (MarginDistillation README)', 'MS1MV2',
+         dict(lfw=0.9955, cfp_fp=0.9190, agedb_30=0.9601))],
+    'margin': [
+        ('MobileFaceNet + MarginDistillation (README)', 'MS1MV2',
+         dict(lfw=0.9961, cfp_fp=0.9201, agedb_30=0.9655))],
+    'mse': [('PocketNetS-128 with KD (training log)', 'MS1MV2', dict(lfw=0.99550))],
+    'multi-step': [
+        ('PocketNetS-128 multi-step KD (paper)', 'MS1MV2',
+         dict(lfw=0.9958, cfp_fp=0.9421, agedb_30=0.9610))],
+}
+
+
+def _published_key(method):
+    for key in ('multi-step', 'margin', 'mse', 'angular', 'from scratch'):
+        if key in method:
+            return key
+    return None
+
+
+def _published_cell(method, student):
+    """The LFW figures of the method's published rows, short, for the table's last column
+    (the rows of the same network family when there are any)."""
+    key = _published_key(method)
+    if key is None:
+        return ''
+    entries = PUBLISHED_METHODS[key]
+    family = student.split('-')[0]
+    entries = [e for e in entries if e[0].startswith(family)] or entries
+    if 'recursive=2' in method or 'recursive=1' in method:
+        generation = 'recursive=2' if 'recursive=2' in method else 'recursive=1'
+        entries = [e for e in entries if generation in e[0]] or entries
+    return '; '.join('%s: LFW %.2f%% (%s)' % (name.split(' (')[0], 100 * f['lfw'], data)
+                     for name, data, f in entries)
+
+
+def comparison_markdown(rows, teacher, seconds=None, fpr=1e-3):
+    """The methods table: one row per (student, method) of ``rows`` (dicts with ``method``,
+    ``student``, ``params``, ``flops`` and the evaluation ``record``), the teacher above, paired
+    comparisons within each student, the published rows below."""
+    lines = ['# Distillation methods compared', '',
+             'One teacher, the same data, the same step budget and evaluation for every '
+             'student; +- is the standard error (held-out accuracy: over 10 identity-disjoint '
+             'folds; TPR: over identities).', '',
+             '| method | student | params | FLOPs | held-out accuracy | TPR@FPR=%g | '
+             'time: train / evaluate | published (their student and data) |' % fpr,
+             '|---|---|---|---|---|---|---|---|']
+    for row in [dict(method='teacher', student=teacher['name'], params=None, flops=None,
+                     record=teacher)] + list(rows):
+        r = row['record']
+        if r.get('failed'):
+            lines.append('| %s | %s | | | failed: %s | | | |' % (
+                row['method'], row['student'], r['failed'].split(';')[0]))
+            continue
+        cells = [row['method'], row['student'],
+                 '' if row['params'] is None else '{:,}'.format(row['params']),
+                 '' if row['flops'] is None else '%.1f M' % (row['flops'] / 1e6),
+                 _heldout_cell(r.get('lfr')), _tpr_cell(r.get('lfr'), fpr),
+                 _times(r.get('seconds')), _published_cell(row['method'], row['student'])]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    lines += ['FLOPs: multiply-adds x 2 plus the other layers, by `symbol/flops.py` '
+              '(insightface\'s rule) for every network; PocketNet\'s own rule gives S-128 '
+              '587.11 M (`vargfacenet.symbol.pocketnet.published_flops`).', '']
+    if seconds is not None:
+        lines += ['Wall time of this command: %s (rows reused from earlier runs count as '
+                  'their evaluation only).' % _clock(seconds), '']
+    renamed, pairs = _renamed(rows)
+    lines += comparison_lines(renamed, pairs, fpr)
+    lines += ['## Published (different data, students and teachers)', '',
+              '| method | model | training data | LFW | CFP-FP | AgeDB-30 |', '|---|---|---|---|---|---|']
+    for key, entries in PUBLISHED_METHODS.items():
+        for name, data, f in entries:
+            lines.append('| %s | %s | %s | %s | %s | %s |' % (
+                key, name, data, *['%.2f%%' % (100 * f[k]) if k in f else ''
+                                   for k in ('lfw', 'cfp_fp', 'agedb_30')]))
+    lines.append('')
+    return '\n'.join(lines)
+
+
+def _renamed(rows):
+    """Records named '<student>: <method>' and the comparisons within each student: every
+    method against from scratch, and the other methods against angular recursive=1."""
+    renamed, pairs = [], []
+    for row in rows:
+        if row['record'].get('failed'):
+            continue
+        record = dict(row['record'], name='%s: %s' % (row['student'], row['method']))
+        renamed.append(record)
+    names = [r['name'] for r in renamed]
+    for student in dict.fromkeys(row['student'] for row in rows):
+        scratch = '%s: from scratch' % student
+        reference = '%s: angular, l2 form (Eq. 5), recursive=1' % student
+        for name in names:
+            if not name.startswith(student + ': ') or name in (scratch,) or 'untrained' in name:
+                continue
+            pairs.append((name, scratch))
+            if name != reference and reference in names:
+                pairs.append((name, reference))
+    return renamed, pairs
+
+
+def write_comparison_report(rows, teacher, out_dir, seconds=None):
+    """Write ``compare.md`` and ``compare-curves.png`` (learning curves of every student row)
+    to ``out_dir``; returns their paths and the text."""
+    os.makedirs(out_dir, exist_ok=True)
+    md_path = os.path.join(out_dir, 'compare.md')
+    text = comparison_markdown(rows, teacher, seconds)
+    out = dict(markdown=md_path)
+    renamed, _ = _renamed(rows)
+    if any((r.get('history') or {}).get('loss') for r in renamed):
+        out['curves'] = plot_curves(renamed, os.path.join(out_dir, 'compare-curves.png'))
+        text += '\n![learning curves](compare-curves.png)\n'
+    with atomic_open(md_path, 'w') as f:
+        f.write(text)
+    out['text'] = text
+    return out

@@ -152,3 +152,58 @@ def _arcneg_logits(fc7, label, num_classes, s, m, theta_overflow):
     negatives = t * cos + t - 1.0
     one_hot = mx.sym.one_hot(label, depth=num_classes, on_value=1.0, off_value=0.0)
     return s * (mx.sym.broadcast_mul(one_hot, phi) + (1.0 - one_hot) * negatives)
+
+
+def margin_distillation_logits(embedding, label, teacher_embedding, centres, num_classes,
+                               s=64.0, m_min=0.2, m_max=0.5):
+    """MarginDistillation logits (Svitov & Alyamkin, arXiv:2003.02586; reference
+    ``david-svitov/margindistillation@e2edf0a`` ``train/train.py``, ``margin_distillation``).
+
+    The classifier is the teacher's ``fc7`` (``centres``, frozen by the caller), and each sample
+    gets its own additive angular margin from how well the teacher placed it::
+
+        c_i = <W^_{y_i}, t^_i>,   m_i = m_min + (m_max - m_min) * c_i / max_batch(c)
+        logit_iy = s * cos(theta_iy + m_i),   logit_ij = s * cos(theta_ij)  (j != y_i)
+
+    The margins depend on labels and constants only (no gradient flows through them, as in the
+    reference); the best-placed sample of the batch gets ``m_max``. As the reference, there is
+    no fallback past ``theta + m > pi`` and no temperature. ``cos(theta + m)`` is computed as
+    ``cos*cos(m) - sin*sin(m)`` with the same ``sin`` floor as the other heads (no arccos).
+
+    Parameters
+    ----------
+    embedding : Symbol
+        (N, D) student embeddings (in the teacher's space: D is the teacher's size).
+    label : Symbol
+        (N,) class ids.
+    teacher_embedding : Symbol
+        (N, D) the teacher's embeddings of the same images.
+    centres : Symbol
+        (C, D) the teacher's ``fc7_weight`` (normalised here).
+    num_classes : int
+        C.
+    s, m_min, m_max : float
+
+    Returns
+    -------
+    Symbol
+        (N, C) logits.
+    """
+    if not 0.0 <= m_min <= m_max:
+        raise ValueError('margin range must satisfy 0 <= m_min <= m_max, got %r..%r'
+                         % (m_min, m_max))
+    centres = mx.sym.L2Normalization(centres, mode='instance')
+    student = mx.sym.L2Normalization(embedding, mode='instance')
+    cos = mx.sym.FullyConnected(data=student, weight=centres, no_bias=True,
+                                num_hidden=num_classes, name='fc7')
+    teacher = mx.sym.L2Normalization(teacher_embedding, mode='instance')
+    teacher_cos = mx.sym.sum(mx.sym.take(centres, label) * teacher, axis=1)
+    # per-device batch maximum, as the reference (its batch is one device's)
+    margin = m_min + (m_max - m_min) * mx.sym.broadcast_div(teacher_cos, mx.sym.max(teacher_cos))
+    margin = mx.sym.BlockGrad(margin, name='kd_margin')
+    cos_y = mx.sym.pick(cos, label, axis=1)
+    sin_y = mx.sym.sqrt(mx.sym.maximum(1.0 - cos_y * cos_y, SIN_FLOOR ** 2))
+    target = cos_y * mx.sym.cos(margin) - sin_y * mx.sym.sin(margin)
+    diff = mx.sym.expand_dims(target - cos_y, 1)
+    one_hot = mx.sym.one_hot(label, depth=num_classes, on_value=1.0, off_value=0.0)
+    return s * (cos + mx.sym.broadcast_mul(one_hot, diff))

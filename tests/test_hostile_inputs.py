@@ -395,7 +395,7 @@ def test_images_claiming_huge_sizes_or_not_images_are_refused_before_decoding(tm
     ('schedule.max_steps=ten', r"schedule\.max_steps must be an integer >= 1, got 'ten'"),
     ('optimizer.wd=-1e-4', r'optimizer\.wd must be a finite number >= 0'),
     ('loss.s=0', r'loss\.s must be a finite number > 0'),
-    ('kd.alpha=inf', r"kd\.alpha must be a finite number >= 0, got 'inf'"),
+    ('kd.alpha=inf', r"kd\.alpha must be None or a finite number >= 0, got 'inf'"),
     ('schedule.steps=[300, 100]', r'schedule\.steps must be in increasing order'),
     ('schedule.steps=[1, -2]', r'schedule\.steps must be a list of integers >= 0'),
     ('train.ctx=tpu0', r'train\.ctx must be cpu, gpu0'),

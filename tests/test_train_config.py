@@ -71,10 +71,13 @@ def test_kd_loss_matches_numpy(form):
     np.testing.assert_allclose(exe.grad_dict['s'].asnumpy(), num, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize('form', ['l2', 'angular'])
-def test_training_graph_weights_the_distillation_gradient_by_alpha(form):
+@pytest.mark.parametrize('method,form', [('angular', 'l2'), ('angular', 'angular'),
+                                         ('mse', 'l2')])
+def test_training_graph_weights_the_distillation_gradient_by_alpha(method, form):
     """The graph's kd output is L_s itself and its gradient is alpha * dL_s: total gradient at
-    alpha minus the one at alpha = 0 equals alpha times the numpy gradient of L_s."""
+    alpha minus the one at alpha = 0 equals alpha times the numpy gradient of L_s. For each
+    method with a distillation term: VarGFaceNet's two forms, PocketNet's MSE (the mean over
+    batch and dimension, as PyTorch's MSELoss)."""
     rng = np.random.RandomState(1)
     batch, dim, classes = 4, 6, 5
     x = rng.uniform(0, 255, (batch, 3, 112, 112))
@@ -88,7 +91,8 @@ def test_training_graph_weights_the_distillation_gradient_by_alpha(form):
 
     def run(alpha):
         sym, _ = build_training_symbol(student, classes, loss_cfg,
-                                       {'alpha': alpha, 'form': form, 'projection': False},
+                                       {'method': method, 'alpha': alpha, 'form': form,
+                                        'projection': False},
                                        teacher_dim=dim)
         exe = sym.simple_bind(mx.cpu(), data=x.shape, teacher_emb=teacher.shape,
                               softmax_label=labels.shape, grad_req={
@@ -109,6 +113,8 @@ def test_training_graph_weights_the_distillation_gradient_by_alpha(form):
 
     def distance(e):
         en = e / np.linalg.norm(e, axis=1, keepdims=True)
+        if method == 'mse':
+            return np.mean((en - tn) ** 2)
         if form == 'l2':
             return np.mean(np.sum((en - tn) ** 2, axis=1))
         return np.mean((1 - np.sum(en * tn, axis=1)) ** 2)

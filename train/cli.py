@@ -31,8 +31,13 @@ def common_parser(description, run_dir):
     parser.add_argument('--batch-size', type=int, default=None, help='per-device batch size')
     parser.add_argument('--lr', type=float, default=None, help='base learning rate')
     parser.add_argument('--ctx', default=None, help='cpu | gpu0 | gpu0,gpu1 ...')
-    parser.add_argument('--kv-store', default=None, choices=('local', 'device'),
-                        help='kvstore for multi-device training')
+    parser.add_argument('--kv-store', default=None,
+                        choices=('local', 'device', 'dist_sync', 'dist_device_sync'),
+                        help='kvstore: local or device for the devices of one process; '
+                             'dist_sync or dist_device_sync for one worker of a job over '
+                             'several processes or machines (start it with train/launch.py or '
+                             'the DMLC_* roles, README "Several machines"; --batch-size is '
+                             'then per device per worker, --lr the global batch\'s)')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
                         metavar='SECTION.KEY=VALUE', help='any other config override')
     parser.add_argument('--trust-pickle', action='store_true',
@@ -42,27 +47,51 @@ def common_parser(description, run_dir):
     return parser
 
 
-def add_kd_arguments(parser):
-    """Flags of the distillation driver."""
-    parser.add_argument('--recursive', type=int, default=2,
-                        help='number of distillation generations (1 = plain KD)')
+def add_teacher_arguments(parser):
+    """Flags naming the teacher: a checkpoint, a schedule of them, or a preset to train one
+    (``train/train_kd.py``, ``train/compare_kd.py``)."""
     parser.add_argument('--teacher', default=None,
                         metavar='PREFIX,INDEX',
                         help='teacher checkpoint (PREFIX-symbol.json + PREFIX-%%04d.params); '
                              'default: train one with '
                              '--teacher-preset')
-    parser.add_argument('--teacher-layer', default=None,
-                        help='teacher output read as the embedding (default fc1_output)')
     parser.add_argument('--teacher-preset', default='embedded_teacher',
                         help='config preset (name, .py or .json) of the teacher trained when '
                              '--teacher is not given; the other flags and --set configure the '
                              'students only (the teacher gets the same data)')
+    parser.add_argument('--teacher-schedule', default=None, metavar='P1,E1;P2,E2',
+                        help='multi-step distillation (PocketNet): teacher checkpoints '
+                             'PREFIX,INDEX and the student epoch (fractions allowed) each '
+                             'teaches from, e.g. "runs/t,1,0;runs/t,2,1;runs/t,3,2"; the first '
+                             'starts at epoch 0; applies to every generation of --recursive')
+
+
+def add_kd_arguments(parser):
+    """Flags of the distillation driver."""
+    parser.add_argument('--recursive', type=int, default=2,
+                        help='number of distillation generations (1 = plain KD)')
+    add_teacher_arguments(parser)
+    parser.add_argument('--teacher-layer', default=None,
+                        help='teacher output read as the embedding (default fc1_output)')
     parser.add_argument('--init', default=None, metavar='PREFIX,INDEX',
                         help='checkpoint to start generation 1 (and the baseline) from; '
                              'default random initialisation')
-    parser.add_argument('--alpha', type=float, default=None, help='KD weight (paper: 7)')
+    parser.add_argument('--kd-method', default=None, choices=('angular', 'margin', 'mse'),
+                        help='angular: VarGFaceNet (margin softmax + alpha * distance of the '
+                             'normalised embeddings, --kd-form); margin: MarginDistillation '
+                             '(the classifier is the teacher\'s frozen fc7, per-sample margins '
+                             '0.2..0.5 from the teacher, s=64; needs the teacher\'s fc7); mse: '
+                             'PocketNet (margin softmax + alpha * MSE of the normalised '
+                             'embeddings); default: the preset\'s (angular)')
+    parser.add_argument('--alpha', type=float, default=None,
+                        help='weight of the distillation term (default: angular 7 as the '
+                             'VarGFaceNet paper, mse 100 as PocketNet; not used by margin)')
     parser.add_argument('--kd-form', default=None, choices=('l2', 'angular'),
-                        help='l2 = Eq. 5 (paper), angular = Eq. 4')
+                        help='angular method: l2 = Eq. 5 (paper), angular = Eq. 4')
+    parser.add_argument('--teacher-fc7', default=None, metavar='FILE',
+                        help='margin method: the teacher\'s class centres (fc7_weight) as .npy, '
+                             '.npz or .params; default: read them from the training state '
+                             '(PREFIX-INDEX.state) saved beside the teacher checkpoint')
     parser.add_argument('--cache-teacher', action='store_true',
                         help='precompute teacher embeddings once (both mirror orientations)')
     parser.add_argument('--projection', action='store_true',
@@ -70,6 +99,16 @@ def add_kd_arguments(parser):
     parser.add_argument('--no-baseline', action='store_true',
                         help='skip the from-scratch baseline')
     return parser
+
+
+def _schedule(text):
+    if text is None:
+        return None
+    from vargfacenet.train.config import ConfigError, parse_teacher_schedule
+    try:
+        return parse_teacher_schedule(text)
+    except ValueError as err:
+        raise ConfigError('--teacher-schedule: %s' % err)
 
 
 def overrides_from_args(args):
@@ -87,6 +126,9 @@ def overrides_from_args(args):
              ('network', 'name'): args.network,
              ('kd', 'alpha'): getattr(args, 'alpha', None),
              ('kd', 'form'): getattr(args, 'kd_form', None),
+             ('kd', 'method'): getattr(args, 'kd_method', None),
+             ('kd', 'teacher_fc7'): getattr(args, 'teacher_fc7', None),
+             ('kd', 'teacher_schedule'): _schedule(getattr(args, 'teacher_schedule', None)),
              ('kd', 'teacher_layer'): getattr(args, 'teacher_layer', None),
              ('kd', 'cache_teacher'): True if getattr(args, 'cache_teacher', False) else None,
              ('kd', 'projection'): True if getattr(args, 'projection', False) else None,

@@ -118,6 +118,16 @@ def parse_override(text):
     return out
 
 
+def with_overrides(cfg, overrides):
+    """A checked copy of a resolved config with more overrides (strings or nested dicts)."""
+    out = json.loads(json.dumps(cfg))
+    for item in overrides:
+        update = parse_override(item) if isinstance(item, str) else item
+        out = merge(out, update, 'override %r' % (item,))
+    _check_values(out)
+    return EasyDict(out)
+
+
 def load_config(preset=None, overrides=()):
     """Resolve a run's configuration.
 
@@ -146,6 +156,44 @@ def load_config(preset=None, overrides=()):
 
 
 KD_FORMS = ('l2', 'angular')
+# local/device: the devices of one process; dist_*: a worker of a parameter-server job
+KV_STORES = ('local', 'device', 'dist_sync', 'dist_device_sync')
+
+
+def parse_teacher_schedule(text):
+    """``'P1,E1;P2,E2;...'`` (P a ``PREFIX,INDEX`` checkpoint, E the student epoch from which it
+    teaches, fractions allowed) -> ``[['PREFIX,INDEX', E], ...]`` (the config's form).
+
+    Also accepts that list itself. The first teacher must start at epoch 0 and the epochs must
+    increase, so every step has exactly one teacher.
+    """
+    if isinstance(text, str):
+        entries = []
+        for item in [p.strip() for p in text.split(';') if p.strip()]:
+            spec, _, epoch = item.rpartition(',')
+            try:
+                entries.append([spec, float(epoch)])
+            except ValueError:
+                raise ValueError('teacher schedule entry %r must be PREFIX,INDEX,EPOCH (e.g. '
+                                 'runs/teacher,2,0.5), in %r' % (item, text))
+    else:
+        entries = [list(e) for e in text]
+    if not entries:
+        raise ValueError('the teacher schedule %r names no teacher' % (text,))
+    for spec, epoch in entries:
+        # the PREFIX,INDEX shape only (runtime.checkpoint.parse_model_spec loads MXNet, which
+        # the config layer must not import)
+        if not isinstance(spec, str) or not spec.rpartition(',')[2].strip().isdigit():
+            raise ValueError('teacher schedule entry %r must name a checkpoint as '
+                             'PREFIX,INDEX' % (spec,))
+        if isinstance(epoch, bool) or not (isinstance(epoch, (int, float)) and math.isfinite(epoch) and epoch >= 0):
+            raise ValueError('teacher schedule epoch %r of %s must be a finite number >= 0'
+                             % (epoch, spec))
+    epochs = [float(e) for _, e in entries]
+    if epochs[0] != 0.0 or any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise ValueError('teacher schedule epochs must start at 0 and increase, got %s'
+                         % ', '.join('%g' % e for e in epochs))
+    return [[str(spec), float(epoch)] for spec, epoch in entries]
 
 
 def _check_data(value, where):
@@ -174,6 +222,10 @@ def _check_values(cfg):
             cfg['kd']['form'] in others:
         raise ConfigError("kd.compare_forms must be a list of KD forms other than kd.form "
                           "(%s), got %r" % (', '.join(KD_FORMS), others))
+    if cfg['kd']['method'] == 'margin' and cfg['kd']['alpha'] is not None:
+        raise ConfigError('kd.alpha weights a distillation term and kd.method=margin has none '
+                          '(the teacher enters through the classifier and the margins): leave '
+                          'kd.alpha None, got %r' % (cfg['kd']['alpha'],))
     if cfg['schedule']['mode'] not in ('step', 'cosine'):
         raise ConfigError("schedule.mode must be 'step' or 'cosine', got %r"
                           % (cfg['schedule']['mode'],))
@@ -216,6 +268,16 @@ def _flag(v):
     return isinstance(v, bool)
 
 
+def _teacher_schedule(v):
+    if v == []:
+        return True
+    try:
+        parse_teacher_schedule(v)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(v, (list, tuple))
+
+
 def _one_of(*choices):
     return lambda v: isinstance(v, str) and v in choices
 
@@ -248,7 +310,15 @@ SCHEMA = {
         'fc7_lr_mult': (_number(0), 'a finite number >= 0'),
         'fc7_wd_mult': (_number(0), 'a finite number >= 0')},
     'kd': {
-        'alpha': (_number(0), 'a finite number >= 0'),
+        'method': (_one_of('angular', 'margin', 'mse'), "'angular', 'margin' or 'mse'"),
+        'alpha': (_optional(_number(0)), 'None or a finite number >= 0'),
+        'margin_s': (_number(0, low_open=True), 'a finite number > 0'),
+        'margin_range': (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and
+                         all(_number(0, 3.2)(m) for m in v) and v[0] <= v[1],
+                         'a list [min, max] of margins in radians, 0 <= min <= max <= 3.2'),
+        'teacher_fc7': (_optional(_string), 'None or a .npy/.npz/.params file'),
+        'teacher_schedule': (_teacher_schedule, "a list of ['PREFIX,INDEX', epoch] pairs with "
+                             "epochs starting at 0 and increasing"),
         'teacher_layer': (_string, 'a layer name such as fc1_output'),
         'cache_teacher': (_flag, 'True or False'),
         'projection': (_flag, 'True or False')},
@@ -275,12 +345,15 @@ SCHEMA = {
         'seed': (_integer(0), 'an integer >= 0'),
         'ctx': (lambda v: isinstance(v, str) and bool(_CTX.match(v)),
                 'cpu, gpu0 or a comma-separated list such as gpu0,gpu1'),
-        'kv_store': (_string, 'a kvstore type such as local or device'),
+        'kv_store': (_one_of(*KV_STORES), ', '.join(KV_STORES[:-1]) + ' or ' + KV_STORES[-1]
+                     + ' (dist_*: one worker of a parameter-server job, README "Several '
+                     'machines")'),
         'fast_path': (_flag, 'True or False')},
     'log': {
         'every': (_integer(1), 'an integer >= 1'),
         'verify_every': (_integer(0), 'an integer >= 0 (0 = off)'),
         'checkpoint_every': (_integer(0), 'an integer >= 0 (0 = only at the end)'),
+        'keep_last': (_integer(0), 'an integer >= 0 (0 = keep every checkpoint)'),
         'best_on': (_optional(_string), 'None or a pack name')},
 }
 

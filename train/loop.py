@@ -16,7 +16,10 @@ import numpy as np
 
 from vargfacenet.runtime import checkpoint as ckpt
 from vargfacenet.runtime import fastops, fastpath, settings
-from vargfacenet.train.distill import LABEL, TEACHER_INPUT, build_training_symbol, margin_ce
+from vargfacenet.train.distributed import StageKVStore, distributed_kvstore, key_group
+from vargfacenet.train.distill import (KD_OUTPUT, LABEL, TEACHER_CENTRES, TEACHER_INPUT,
+                                       build_training_symbol, kd_weight, margin_ce,
+                                       teacher_centres)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -86,15 +89,17 @@ def make_lr_scheduler(schedule, base_lr):
     return LRSequential(parts)
 
 
-def make_optimizer(cfg, num_devices, begin_step, sym):
+def make_optimizer(cfg, num_devices, begin_step, sym, num_workers=1):
     """SGD (or any MXNet optimizer) with the schedule, resuming its update count at ``begin_step``.
 
-    ``rescale_grad = 1/num_devices``: the losses are already means over each device's batch
-    (SoftmaxOutput 'valid', MakeLoss of a mean), as in insightface.
+    ``rescale_grad = 1/(num_devices * num_workers)``: the losses are already means over each
+    device's batch (SoftmaxOutput 'valid', MakeLoss of a mean), as in insightface, and the
+    kvstore sums the gradients of every device of every worker; so the update is that of one
+    process on the global batch, and ``optimizer.lr`` is the global batch's rate.
     """
     opt = cfg.optimizer
     # the scheduler sets every step's rate (passing learning_rate too would only warn)
-    params = dict(wd=opt.wd, rescale_grad=1.0 / num_devices,
+    params = dict(wd=opt.wd, rescale_grad=1.0 / (num_devices * num_workers),
                   lr_scheduler=make_lr_scheduler(cfg.schedule, opt.lr),
                   begin_num_update=begin_step, sym=sym,
                   param_idx2name=dict(enumerate(n for n in sym.list_arguments()
@@ -161,6 +166,8 @@ class ProgressLogger(Callback):
                 self.bar = None
 
     def __call__(self, run, final=False):
+        if getattr(run, 'rank', 0):
+            return                          # worker 0 reports for the job
         state, now = run.state, time.time()
         if self.start is None:              # speed counts from the end of the first step
             self.start = (now, state.step)
@@ -201,7 +208,8 @@ class Verifier(Callback):
         self.batch_size = batch_size
 
     def __call__(self, run, final=False):
-        if not self.packs or not self.due(run.state, final):
+        # worker 0 verifies for the job (its parameters are everyone's; no kvstore operation)
+        if not self.packs or not self.due(run.state, final) or getattr(run, 'rank', 0):
             return
         results = run.verify(self.packs, self.batch_size)
         state = run.state
@@ -218,14 +226,15 @@ class Verifier(Callback):
 
 class Checkpointer(Callback):
     """Embedding checkpoint + training state every N steps and at the end; keeps the last
-    ``keep_last`` and the best one."""
+    ``keep_last`` (all when <= 0) and the best one."""
 
     def __init__(self, every, keep_last=2):
         super().__init__(every)
         self.keep_last = keep_last
 
     def __call__(self, run, final=False):
-        if not (self.due(run.state, final) or run.is_best):
+        # only worker 0 writes; saving needs no kvstore operation, so the others skip it whole
+        if not (self.due(run.state, final) or run.is_best) or getattr(run, 'rank', 0):
             return
         state = run.state
         state.checkpoint_index += 1
@@ -234,7 +243,9 @@ class Checkpointer(Callback):
         if run.is_best and state.best is not None:
             state.best['index'] = index
         run.save(index)
-        keep = {c['index'] for c in state.checkpoints[-self.keep_last:]}
+        # keep_last <= 0 keeps every checkpoint (e.g. a teacher whose stages teach in turn)
+        keep = {c['index'] for c in (state.checkpoints[-self.keep_last:]
+                                      if self.keep_last > 0 else state.checkpoints)}
         if state.best and 'index' in state.best:
             keep.add(state.best['index'])
         for entry in list(state.checkpoints):
@@ -261,8 +272,10 @@ class Run:
     num_classes : int
     prefix : str
         Checkpoint prefix (``run_dir/model`` or ``run_dir/model-gen1`` ...).
-    teacher : FrozenTeacher or None
+    teacher : FrozenTeacher, TeacherSchedule or None
+        The frozen teacher (``teacher.at(epoch)`` gives the one of the current epoch).
     teacher_cache : TeacherCache or None
+        Precomputed embeddings of ``teacher``, used instead of running it.
     init : (arg_params, aux_params) or None
         Starting values (e.g. the previous generation); anything missing is initialised.
     tag : str
@@ -282,21 +295,33 @@ class Run:
         teacher_dim = None
         if kd_cfg is not None:
             teacher_dim = teacher.dim if teacher is not None else teacher_cache.embeddings.shape[2]
+        self.num_classes = num_classes
         self.train_sym, self.data_names = build_training_symbol(
             embedding_sym, num_classes, cfg.loss, kd_cfg, teacher_dim)
+        outputs = self.train_sym.list_outputs()
+        self.kd_output = outputs.index(KD_OUTPUT) if KD_OUTPUT in outputs else None
+        # MarginDistillation: the teacher's class centres are a fixed argument of the graph,
+        # set from the teacher that teaches the current step (see _sync_teacher)
+        self.margin = kd_cfg is not None and kd_cfg['method'] == 'margin'
+        if self.margin and teacher is None:
+            raise ValueError('kd.method=margin needs the teacher checkpoint (its class centres), '
+                             'not only cached embeddings')
+        self._centres_of = None
         extra_shapes = {LABEL: (1,)}
         if kd_cfg is not None:
             extra_shapes[TEACHER_INPUT] = (1, teacher_dim)
         self.exec_sym = self._fast(self.train_sym, extra_shapes)
         self.batch_size = cfg.train.batch_size * len(self.contexts)
         self.module = mx.mod.Module(self.exec_sym, data_names=self.data_names,
-                                    label_names=[LABEL], context=self.contexts)
+                                    label_names=[LABEL], context=self.contexts,
+                                    fixed_param_names=[TEACHER_CENTRES] if self.margin else None)
         data_shapes = [('data', (self.batch_size, 3, 112, 112))]
         if kd_cfg is not None:
             data_shapes.append((TEACHER_INPUT, (self.batch_size, teacher_dim)))
         self.module.bind(data_shapes=data_shapes,
                          label_shapes=[(LABEL, (self.batch_size,))], for_training=True)
-        self.alpha = float(kd_cfg['alpha']) if kd_cfg is not None else 0.0
+        weight = kd_weight(kd_cfg) if kd_cfg is not None else None
+        self.alpha = 0.0 if weight is None else weight
         # MXNet's RNG drives initialisation and Dropout (the LResNet heads). Its state cannot
         # be saved, so it is reseeded from (seed, step) at every checkpoint (see save/restore):
         # a resumed run draws exactly what the uninterrupted one drew.
@@ -308,6 +333,7 @@ class Run:
                         len(set(arg) & known), len(known) - len(self.data_names) - 1)
         self.module.init_params(make_initializer(cfg.train), arg_params=arg, aux_params=aux,
                                 allow_missing=True, allow_extra=True)
+        self._sync_teacher()
 
     def _fast(self, sym, input_shapes):
         if not self.cfg.train.fast_path:
@@ -327,12 +353,29 @@ class Run:
 
     # -- state ---------------------------------------------------------------------------
     def init_optimizer(self, begin_step=0):
-        kv = self.cfg.train.kv_store if len(self.contexts) > 1 else None
+        dist = distributed_kvstore(self.cfg.train.kv_store)
+        workers = 1
+        self.rank, self.num_workers = (dist.rank, dist.num_workers) if dist else (0, 1)
+        if dist is not None:
+            # one device per worker still goes through the kvstore: it sums over the workers
+            kv, workers = StageKVStore(dist, key_group(os.path.basename(self.prefix))), \
+                dist.num_workers
+        else:
+            kv = self.cfg.train.kv_store if len(self.contexts) > 1 else None
         with warnings.catch_warnings():
             # Module expects rescale_grad = 1/batch; our losses are already batch means
             warnings.filterwarnings('ignore', message='Optimizer created manually')
             self.module.init_optimizer(kvstore=kv, optimizer=make_optimizer(
-                self.cfg, len(self.contexts), begin_step, self.train_sym), force_init=True)
+                self.cfg, len(self.contexts), begin_step, self.train_sym, workers),
+                force_init=True)
+        if dist is not None:
+            # every worker starts from rank 0's parameters: init stored rank 0's values on the
+            # servers (Module's init of each key), pulling them overwrites the others' copies
+            group = self.module._exec_group
+            for index, name in enumerate(group.param_names):
+                kv.pull(name, out=group.param_arrays[index], priority=-index)
+            mx.nd.waitall()
+            self.module._params_dirty = True
 
     def current_params(self):
         """(arg, aux) copies of the module's current values.
@@ -348,6 +391,7 @@ class Run:
     def save(self, index):
         arg, aux = self.current_params()
         dep_arg, dep_aux, extra = ckpt.split_params(self.embedding_sym, arg, aux)
+        extra.pop(TEACHER_CENTRES, None)    # the teacher's, restored from it (see restore)
         ckpt.save_embedding(self.prefix, index, self.embedding_sym, dep_arg, dep_aux)
         progress = self.state.as_dict()
         progress['rng_seed'] = self._reseed()
@@ -368,10 +412,13 @@ class Run:
         _, arg, aux = ckpt.load_embedding(self.prefix, index)
         payload = ckpt.load_state(self.prefix, index)
         arg.update(payload['extra'])
-        self.module.set_params(arg, aux, allow_missing=False, allow_extra=True)
         progress = dict(payload['progress'])
         saved_seed = progress.pop('rng_seed')
         self.state = TrainState(**progress)
+        if self.margin:
+            self._centres_of = None
+            arg[TEACHER_CENTRES] = mx.nd.array(self._teacher_centres())
+        self.module.set_params(arg, aux, allow_missing=False, allow_extra=True)
         if self._reseed() != saved_seed:
             raise ValueError('%s: its RNG seed %d does not follow from train.seed=%d at step %d: '
                              'resume with the config the run was started with'
@@ -396,10 +443,41 @@ class Run:
                             batch_size=batch_size)
         return evaluate_embedder(embedder, packs, flip=self.cfg.eval.flip)['verification']
 
+    def epoch_position(self):
+        """Where the next step is, in (fractional) epochs: what a teacher schedule reads."""
+        per_epoch = max(getattr(self.train_iter, 'num_batches', 0) or 0, 1)
+        return self.state.epoch + self.state.batch_in_epoch / float(per_epoch)
+
+    def _current_teacher(self):
+        return self.teacher.at(self.epoch_position())
+
+    def _teacher_centres(self):
+        """The current teacher's class centres (MarginDistillation), read once per teacher."""
+        spec = self._current_teacher().spec
+        if self._centres_of is None or self._centres_of[0] != spec:
+            centres = teacher_centres(spec, self.num_classes, self.teacher.dim,
+                                      path=self.cfg.kd.get('teacher_fc7'))
+            self._centres_of = (spec, centres)
+        return self._centres_of[1]
+
+    def _sync_teacher(self):
+        """Before a step: move a teacher schedule on and, for MarginDistillation, give the
+        graph that teacher's centres (a fixed argument: never updated by the optimizer)."""
+        if self.teacher is None:
+            return
+        previous = self._centres_of[0] if self._centres_of else None
+        if self.margin:
+            centres = self._teacher_centres()
+            if self._centres_of[0] != previous:
+                self.module.set_params({TEACHER_CENTRES: mx.nd.array(centres)}, None,
+                                       allow_missing=True, force_init=True, allow_extra=False)
+        else:
+            self._current_teacher()
+
     def _teacher_embeddings(self, batch):
         if self.teacher_cache is not None:
             return mx.nd.array(self.teacher_cache.lookup(batch.index, batch.mirrored))
-        return self.teacher.embed(batch.data[0])
+        return self._current_teacher().embed(batch.data[0])
 
     def _batches(self):
         """Endless batches, resuming at (state.epoch, state.batch_in_epoch)."""
@@ -419,13 +497,14 @@ class Run:
     def step(self, batch):
         data = [batch.data[0]]
         if TEACHER_INPUT in self.data_names:
+            self._sync_teacher()
             data.append(self._teacher_embeddings(batch))
         self.module.forward_backward(mx.io.DataBatch(data=data, label=batch.label))
         outputs = self.module.get_outputs()
         losses = {'ce': margin_ce(outputs[0].asnumpy(), batch.label[0].asnumpy())}
-        if TEACHER_INPUT in self.data_names:
+        if self.kd_output is not None:
             # 'kd' is the distance L_s itself; the optimised total weights it by alpha
-            losses['kd'] = float(outputs[1].asnumpy().mean())
+            losses['kd'] = float(outputs[self.kd_output].asnumpy().mean())
             losses['total'] = losses['ce'] + self.alpha * losses['kd']
         return losses
 

@@ -9,11 +9,13 @@ import os
 import time
 
 from vargfacenet.data.atomic import write_json
-from vargfacenet.eval.evaluate import (evaluate_checkpoint, metrics_record, pack_name,
-                                       write_metrics)
+from vargfacenet.eval.evaluate import (evaluate_checkpoint, metrics_path, metrics_record,
+                                       pack_name, write_metrics)
 from vargfacenet.runtime import checkpoint as ckpt
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train.config import save_config
+from vargfacenet.train.distributed import (broadcast_values, distributed_kvstore,
+                                           sum_over_workers, worker_rank)
 from vargfacenet.train.loop import (Checkpointer, ProgressLogger, Run, Verifier, fit,
                                     parse_contexts)
 
@@ -49,12 +51,80 @@ def resolve_data(cfg):
     return 'synthetic' if synthetic else 'user'
 
 
+def start_job(cfg, log_path=None):
+    """What a command does first: join the distributed job when ``cfg.train.kv_store`` is a
+    dist_* kvstore, log (worker 0 to ``log_path`` too, the others only to stderr, tagged with
+    their rank) and resolve the data paths (:func:`resolve_data`; worker 0 first, so that it
+    alone builds a missing synthetic set while the others wait at a barrier).
+
+    Returns
+    -------
+    (int, str)
+        The worker's rank (0 in a single process) and :func:`resolve_data`'s label.
+    """
+    rank, workers = worker_rank(cfg)
+    if rank:
+        logging.basicConfig(level=logging.INFO, force=True, format='%%(asctime)s [rank %d] '
+                            '%%(levelname)s %%(message)s' % rank)
+    else:
+        init_logging(log_path)
+    if workers == 1:
+        return rank, resolve_data(cfg)
+    kv = distributed_kvstore(cfg.train.kv_store)
+    label = resolve_data(cfg) if rank == 0 else None
+    kv._barrier()               # pylint: disable=protected-access
+    return rank, label if rank == 0 else resolve_data(cfg)
+
+
 def make_train_iter(cfg, seed_offset=0):
+    """The training batches of this process: ``train.batch_size`` per device; a worker of a
+    distributed job (``train.kv_store`` dist_*) reads its own shard (block ``rank`` of every
+    global batch of the epoch order, the same on every worker)."""
     from vargfacenet.data.iterator import FaceImageIter
     batch = cfg.train.batch_size * len(parse_contexts(cfg.train.ctx))
+    rank, workers = worker_rank(cfg)
     return FaceImageIter(cfg.data.train, batch, shuffle=True, seed=cfg.train.seed + seed_offset,
                          rand_mirror=cfg.data.rand_mirror, num_workers=cfg.data.num_workers,
-                         skip_bad=cfg.data.skip_bad)
+                         skip_bad=cfg.data.skip_bad, num_parts=workers, part_index=rank)
+
+
+def _config_fingerprint(cfg):
+    """CRC32 of the config without its data paths (they may differ between machines), as two
+    16-bit halves (exact in the float32 values of :func:`broadcast_values`)."""
+    import zlib
+    plain = json.loads(json.dumps(cfg))
+    for key in ('train', 'val', 'test', 'synthetic_root'):
+        plain['data'].pop(key, None)
+    crc = zlib.crc32(json.dumps(plain, sort_keys=True).encode())
+    return [crc >> 16, crc & 0xffff]
+
+
+def _agree_with_rank0(cfg, prefix, resume_index, has_checkpoints, tag):
+    """Worker 0's (resume index, whether the run has checkpoints), on every worker.
+
+    Worker 0 decides: another worker may look at the folder before worker 0 has finished
+    writing a checkpoint (a worker that stopped with it goes on while worker 0 saves), and
+    after this collective worker 0's checkpoint is complete. Raises on every worker alike
+    when a worker's config differs from worker 0's or it cannot read the checkpoint worker 0
+    resumes from: they would train differently, or wait for each other forever.
+    """
+    kv = distributed_kvstore(cfg.train.kv_store)
+    mine = _config_fingerprint(cfg)
+    first = broadcast_values(kv, mine + [-1 if resume_index is None else resume_index,
+                                         int(has_checkpoints)], 'agree')
+    index = None if first[2] < 0 else int(first[2])
+    readable = index is None or all(os.path.isfile(path(prefix, index))
+                                    for path in (ckpt.params_path, ckpt.state_path))
+    differ = sum_over_workers(kv, [mine != first[:2], not readable], 'disagree')
+    if any(differ):
+        raise RuntimeError(
+            '%s%s: start every worker with the same command and settings, on the same run '
+            'folder (shared between machines, so that every worker resumes from the checkpoint '
+            'worker 0 wrote)' % (tag, ' and '.join(what % int(n) for what, n in zip(
+                ('%d worker(s) have another config than worker 0',
+                 '%%d worker(s) cannot read %s-%04d, the checkpoint worker 0 resumes from'
+                 % (prefix, index or 0)), differ) if n)))
+    return index, bool(first[3])
 
 
 def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init=None,
@@ -73,28 +143,38 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     # writes removed, room for the checkpoints checked before anything is built
     from vargfacenet.data.atomic import check_free_space, hold_run_lock, remove_partial_files
     from vargfacenet.data.recordio import property_num_classes
-    hold_run_lock(run_dir)
-    remove_partial_files(run_dir, name)
-    check_free_space(run_dir, ckpt.room_needed(
-        prefix, get_symbol(cfg.network.name, **cfg.network.kwargs),
-        property_num_classes(cfg.data.train) if cfg.data.train else None),
-        'the checkpoints of %r' % name)
+    # a distributed job: worker 0 writes every file; the others train beside it and lock
+    # their own lock file of the shared run folder
+    rank, workers = worker_rank(cfg)
+    hold_run_lock(run_dir, rank)
+    if rank == 0:
+        remove_partial_files(run_dir, name)
+        check_free_space(run_dir, ckpt.room_needed(
+            prefix, get_symbol(cfg.network.name, **cfg.network.kwargs),
+            property_num_classes(cfg.data.train) if cfg.data.train else None),
+            'the checkpoints of %r' % name)
     # refuse before writing anything: the config file beside a run is its record
     resume_index = ckpt.latest_checkpoint(prefix, with_state=True) if resume else None
+    has_checkpoints = bool(ckpt.checkpoint_indices(prefix))
+    if workers > 1:
+        resume_index, has_checkpoints = _agree_with_rank0(cfg, prefix, resume_index,
+                                                          has_checkpoints, tag)
     if resume and resume_index is None:
         LOGGER.info('%sno checkpoint with training state under %s: starting fresh', tag, prefix)
-    if resume_index is None and ckpt.checkpoint_indices(prefix):
+    if resume_index is None and has_checkpoints:
         raise FileExistsError('%s already holds checkpoints of %r; pass --resume to continue '
                               'them or choose another --run-dir' % (run_dir, name))
     embedding_sym = get_symbol(cfg.network.name, **cfg.network.kwargs)
     train_iter = make_train_iter(cfg)
     num_classes = train_iter.num_classes
-    save_config(cfg, config_path(run_dir, name))
+    if rank == 0:
+        save_config(cfg, config_path(run_dir, name))
     run = Run(cfg, embedding_sym, train_iter, num_classes, prefix, teacher=teacher,
               teacher_cache=teacher_cache, init=None if resume_index else init, tag=tag)
-    callbacks = [ProgressLogger(cfg.log.every, cfg.schedule.max_steps, run.batch_size, tag),
+    callbacks = [ProgressLogger(cfg.log.every, cfg.schedule.max_steps, run.batch_size * workers,
+                                tag),
                  Verifier(cfg.log.verify_every, cfg.data.val, cfg.log.best_on),
-                 Checkpointer(cfg.log.checkpoint_every)]
+                 Checkpointer(cfg.log.checkpoint_every, cfg.log.keep_last)]
     start = time.time()
     state = fit(run, cfg.schedule.max_steps, callbacks, resume_index=resume_index,
                 stop_check=stop_check)
@@ -104,7 +184,15 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
                    network=cfg.network.name, network_kwargs=dict(cfg.network.kwargs),
                    num_classes=num_classes, batch_size=run.batch_size,
                    distilled=teacher is not None or teacher_cache is not None)
-    write_json(os.path.join(run_dir, '%s-train.json' % name), summary)
+    if workers > 1:
+        # the final checkpoint is worker 0's (the others save none; its index can differ
+        # from a count of theirs when worker 0 also saved best models): a collective, after
+        # which worker 0's file is complete
+        summary['index'] = int(broadcast_values(distributed_kvstore(cfg.train.kv_store),
+                                                [state.checkpoint_index], 'index')[0])
+        summary.update(workers=workers, rank=rank)
+    if rank == 0:
+        write_json(os.path.join(run_dir, '%s-train.json' % name), summary)
     return summary
 
 
@@ -139,8 +227,26 @@ def train_or_reuse(cfg, run_dir, name, tag='', **kwargs):
     return train_one(cfg, run_dir, name, resume=True, tag=tag, **kwargs)
 
 
+def make_teacher(cfg, teacher_spec):
+    """The frozen teacher of a run: ``teacher_spec``, or the checkpoints of
+    ``cfg.kd.teacher_schedule`` when it names any (multi-step distillation)."""
+    from vargfacenet.train.distill import FrozenTeacher, TeacherSchedule
+    ctx = parse_contexts(cfg.train.ctx)
+    batch = cfg.train.batch_size * len(ctx)
+    if cfg.kd.teacher_schedule:
+        return TeacherSchedule(cfg.kd.teacher_schedule, layer=cfg.kd.teacher_layer,
+                               batch_size=batch, ctx=ctx)
+    return FrozenTeacher.load(teacher_spec[0], teacher_spec[1], layer=cfg.kd.teacher_layer,
+                              batch_size=batch, ctx=ctx)
+
+
+def _teacher_settings(cfg):
+    return (json.dumps(cfg.kd.teacher_schedule), cfg.kd.teacher_layer, cfg.train.ctx,
+            cfg.train.batch_size)
+
+
 def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None, init=None,
-                 baseline=True, stop_check=None):
+                 baseline=True, stop_check=None, name='model', variants=(), keep_going=False):
     """Recursive knowledge distillation (VarGFaceNet section 3.3).
 
     The same frozen teacher distils generation 1 (from random init or ``init``); generation k+1
@@ -148,19 +254,33 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
     from-scratch baseline with the same step budget, and a teacher trained first when none is
     given. Every stage is reused when finished and resumed when interrupted.
 
+    Parameters
+    ----------
+    name : str
+        Prefix of the students' run names (``<name>-scratch``, ``<name>-gen1`` ...).
+    variants : sequence of (suffix, label, overrides)
+        More generation-1 students from the same start, each with config ``overrides``
+        (e.g. another ``kd.method``), trained as ``<name>-<suffix>`` and reported as
+        ``label``. ``kd.compare_forms`` adds ``('gen1-<form>', 'recursive=1 (<form>)', ...)``.
+    keep_going : bool
+        A student whose loss becomes non-finite is reported (``failed``: the error) instead of
+        stopping the job; later generations of a failed one are skipped.
+
     Returns
     -------
     list of dict
-        One entry per model (teacher, [untrained, scratch,] gen1..genN): name, prefix, index.
+        One entry per model (teacher, [untrained, scratch,] gen1..genN, variants): name,
+        prefix, index.
     """
-    from vargfacenet.train.distill import FrozenTeacher, TeacherCache
+    from vargfacenet.train.config import with_overrides
+    from vargfacenet.train.distill import TeacherCache
     if generations < 1:
         raise ValueError('--recursive must be >= 1, got %r' % (generations,))
     if cfg.data.train is None:
         raise ValueError('resolve the data paths first (resolve_data)')
     os.makedirs(run_dir, exist_ok=True)
     models = []
-    if teacher_spec is None:
+    if teacher_spec is None and not cfg.kd.teacher_schedule:
         if teacher_cfg is None:
             raise ValueError('give a teacher checkpoint (--teacher PREFIX,INDEX) or a teacher '
                              'config to train one')
@@ -168,14 +288,19 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         summary = train_or_reuse(teacher_cfg, run_dir, 'teacher', tag='[teacher] ')
         teacher_spec = (summary['prefix'], summary['index'])
         models.append(dict(summary, name='teacher (%s)' % teacher_cfg.network.name))
-    else:
+    elif teacher_spec is not None:
         teacher_spec = ckpt.parse_model_spec(teacher_spec)
         models.append(dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1]))
-    ctx = parse_contexts(cfg.train.ctx)
-    teacher = FrozenTeacher.load(teacher_spec[0], teacher_spec[1], layer=cfg.kd.teacher_layer,
-                                 batch_size=cfg.train.batch_size * len(ctx), ctx=ctx)
+    else:       # a schedule alone: its last checkpoint is the teacher reported
+        last = ckpt.parse_model_spec(cfg.kd.teacher_schedule[-1][0])
+        models.append(dict(name='teacher (last of the schedule)', prefix=last[0],
+                           index=last[1]))
+    teacher = make_teacher(cfg, teacher_spec)
     cache = None
     if cfg.kd.cache_teacher:
+        if cfg.kd.teacher_schedule:
+            raise ValueError('kd.cache_teacher holds one teacher\'s embeddings and '
+                             'kd.teacher_schedule changes the teacher: use one of them')
         from vargfacenet.data.recordio import FaceRecordReader
         path = os.path.join(run_dir, 'teacher-embeddings.npz')
         if os.path.isfile(path):
@@ -183,28 +308,48 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         else:
             with FaceRecordReader(cfg.data.train) as reader:
                 cache = TeacherCache.build(teacher, reader, path)
+    def stage(label, *args, **kwargs):
+        from vargfacenet.train.loop import NonFiniteLossError
+        try:
+            summary = train_or_reuse(*args, **kwargs)
+        except NonFiniteLossError as err:
+            if not keep_going:
+                raise
+            LOGGER.error('%s failed: %s', label, err)
+            models.append(dict(name=label, failed=str(err)))
+            return None
+        models.append(dict(summary, name=label))
+        return summary
+
     if baseline:
-        models.append(save_untrained(cfg, run_dir))
-        summary = train_or_reuse(cfg, run_dir, 'model-scratch', tag='[scratch] ',
-                                 init=ckpt.load_init(init) if init else None)
-        models.append(dict(summary, name='from scratch'))
+        models.append(save_untrained(cfg, run_dir, name='%s-untrained' % name))
+        stage('from scratch', cfg, run_dir, '%s-scratch' % name, tag='[scratch] ',
+              init=ckpt.load_init(init) if init else None)
     start = ckpt.load_init(init) if init else None
     previous = start
-    distill = dict(teacher=None if cache else teacher, teacher_cache=cache, stop_check=stop_check)
+    distill = dict(teacher=teacher, teacher_cache=cache, stop_check=stop_check)
     for generation in range(1, generations + 1):
-        name = 'model-gen%d' % generation
-        summary = train_or_reuse(cfg, run_dir, name, tag='[gen%d] ' % generation,
-                                 init=previous, **distill)
-        models.append(dict(summary, name='recursive=%d' % generation))
+        summary = stage('recursive=%d' % generation, cfg, run_dir,
+                        '%s-gen%d' % (name, generation), tag='[gen%d] ' % generation,
+                        init=previous, **distill)
+        if summary is None:
+            break
         previous = ckpt.load_init((summary['prefix'], summary['index']))
-    for form in cfg.kd.compare_forms:
-        # the same first generation with another distillation form, for the comparison
-        variant = copy.deepcopy(cfg)
-        variant.kd.form = form
-        variant.kd.compare_forms = []
-        summary = train_or_reuse(variant, run_dir, 'model-gen1-%s' % form,
-                                 tag='[gen1 %s] ' % form, init=start, **distill)
-        models.append(dict(summary, name='recursive=1 (%s)' % form))
+    forms = []
+    if cfg.kd.method == 'angular':
+        forms = [('gen1-%s' % form, 'recursive=1 (%s)' % form, {'kd': {'form': form}})
+                 for form in cfg.kd.compare_forms]
+    elif cfg.kd.compare_forms:
+        LOGGER.info('kd.compare_forms %s skipped: they are forms of kd.method=angular, this run '
+                    'uses %s', cfg.kd.compare_forms, cfg.kd.method)
+    for suffix, label, overrides in forms + list(variants):
+        # the same first generation with other settings, for the comparison
+        variant = with_overrides(cfg, [overrides, {'kd': {'compare_forms': []}}])
+        kwargs = dict(distill)
+        if _teacher_settings(variant) != _teacher_settings(cfg):
+            kwargs.update(teacher=make_teacher(variant, teacher_spec), teacher_cache=None)
+        stage(label, variant, run_dir, '%s-%s' % (name, suffix), tag='[%s] ' % suffix,
+              init=start, **kwargs)
     return models
 
 
@@ -236,11 +381,43 @@ def learning_curve(summary, cfg):
     return dict(loss=summary['losses'], heldout=heldout, pack=pack)
 
 
-def evaluate_models(models, cfg, dataset_label):
+def _reusable_metrics(model, cfg):
+    """The metrics file of ``model`` when it holds this checkpoint's evaluation with these
+    settings (written after the checkpoint, same index and flip), else None."""
+    path = metrics_path(model['prefix'])
+    params = ckpt.params_path(model['prefix'], model['index'])
+    if not (os.path.isfile(path) and os.path.isfile(params)) or \
+            os.path.getmtime(path) < os.path.getmtime(params):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    lfr = record.get('lfr') or {}
+    if record.get('index') != model['index'] or lfr.get('flip') != cfg.eval.flip or \
+            sorted(record.get('verification', {})) != sorted(pack_name(p)
+                                                              for p in cfg.data.val):
+        return None
+    return record
+
+
+def evaluate_models(models, cfg, dataset_label, reuse=False):
     """Evaluate each model's final checkpoint on the packs and the test set; writes
-    ``<prefix>-metrics.json`` per model and returns the records."""
+    ``<prefix>-metrics.json`` per model and returns the records. With ``reuse``, a model whose
+    metrics file already holds this checkpoint's evaluation is not evaluated again."""
     results = []
     for model in models:
+        if model.get('failed'):
+            results.append(dict(name=model['name'], failed=model['failed']))
+            continue
+        record = _reusable_metrics(model, cfg) if reuse else None
+        if record is not None:
+            LOGGER.info('reusing the evaluation of %s (%s)', model['name'],
+                        metrics_path(model['prefix']))
+            record['name'] = model['name']
+            results.append(record)
+            continue
         LOGGER.info('evaluating %s (%s,%d)', model['name'], model['prefix'], model['index'])
         started = time.time()
         evaluation = evaluate_checkpoint((model['prefix'], model['index']), cfg.data.val,

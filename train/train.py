@@ -30,8 +30,10 @@ def main(argv=None):
     from vargfacenet.train import pipeline
     pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
     cfg = load_config(args.preset, overrides_from_args(args))
-    data_label = pipeline.resolve_data(cfg)
+    rank, data_label = pipeline.start_job(cfg, os.path.join(args.run_dir, 'log.txt'))
     summary = pipeline.train_one(cfg, args.run_dir, args.name, resume=args.resume)
+    if rank:
+        return                  # worker 0 evaluates for a distributed job
     results = pipeline.evaluate_models([dict(summary, name=args.name)], cfg, data_label)
     for pack, r in results[0]['verification'].items():
         LOGGER.info('%s: accuracy %.4f +- %.4f (%s data)', pack, r['accuracy_mean'],

@@ -25,23 +25,31 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.teacher and args.teacher_schedule:
+        parser.error('--teacher and --teacher-schedule both name the teacher: give one')
     # MXNet reads its process settings when it loads: apply them before anything imports it
     from vargfacenet.runtime import settings
     settings.apply()
     from vargfacenet.train import pipeline
     pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
     cfg = load_config(args.preset, overrides_from_args(args))
-    data_label = pipeline.resolve_data(cfg)
+    rank, data_label = pipeline.start_job(cfg, os.path.join(args.run_dir, 'log.txt'))
     teacher_cfg = None
     if args.teacher is None:
-        teacher_cfg = load_config(args.teacher_preset, [
-            {'data': {'train': cfg.data.train, 'val': cfg.data.val, 'test': cfg.data.test}}])
+        same = [{'data': {'train': cfg.data.train, 'val': cfg.data.val, 'test': cfg.data.test}}]
+        if cfg.train.kv_store.startswith('dist_'):
+            # a distributed job trains its teacher with the same workers
+            same.append({'train': {'kv_store': cfg.train.kv_store}})
+        teacher_cfg = load_config(args.teacher_preset, same)
     LOGGER.info('run folder %s; %d generation(s); data: %s', args.run_dir, args.recursive,
                 data_label)
     models = pipeline.recursive_kd(cfg, args.run_dir, args.recursive, teacher_spec=args.teacher,
                                    teacher_cfg=teacher_cfg, init=args.init,
                                    baseline=not args.no_baseline)
+    if rank:
+        return                  # worker 0 evaluates and reports for a distributed job
     results = pipeline.evaluate_models(models, cfg, data_label)
     from vargfacenet.eval.report import write_report
     report = write_report(results, args.run_dir, title='VarGFaceNet recursive distillation')

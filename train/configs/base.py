@@ -41,8 +41,13 @@ CONFIG = {
         'fc7_wd_mult': 1.0,
     },
     'kd': {
-        # weight of the distillation term: the paper's alpha = 7 for Eq. 5 (range 0..4)
-        'alpha': 7.0,
+        # 'angular': VarGFaceNet (margin softmax + alpha * L_s, Eq. 5 or Eq. 4 by `form`);
+        # 'margin': MarginDistillation (the classifier is the teacher's frozen fc7, per-sample
+        # margins from the teacher); 'mse': PocketNet (margin softmax + alpha * MSE)
+        'method': 'angular',
+        # weight of the distillation term; None = the method's published value (angular: the
+        # VarGFaceNet paper's alpha = 7 for Eq. 5; mse: PocketNet's lambda = 100); margin: none
+        'alpha': None,
         # 'l2': mean ||n(s) - n(t)||^2 (Eq. 5, used by the paper); 'angular': mean (1 - cos)^2 (Eq. 4)
         'form': 'l2',
         # teacher layer read as the embedding
@@ -51,6 +56,15 @@ CONFIG = {
         'cache_teacher': False,
         # learn a linear map student -> teacher dim when the embedding sizes differ
         'projection': False,
+        # MarginDistillation: scale and the [min, max] of the per-sample margin (the paper's)
+        'margin_s': 64.0,
+        'margin_range': [0.2, 0.5],
+        # MarginDistillation: the teacher's fc7_weight (.npy, .npz or .params); None = read
+        # it from the training state saved beside the teacher checkpoint
+        'teacher_fc7': None,
+        # multi-step distillation (PocketNet): [['PREFIX,INDEX', epoch], ...], the teacher
+        # checkpoint that teaches from each (fractional) student epoch; [] = one teacher
+        'teacher_schedule': [],
         # other KD forms to train a generation-1 student with too, from the same start, for
         # comparison with `form` (e.g. ['angular']: reported as 'recursive=1 (angular)')
         'compare_forms': [],
@@ -86,6 +100,8 @@ CONFIG = {
         'init_magnitude': 2.0,
         'seed': 0,
         'ctx': 'cpu',
+        # local | device (the devices of one process) | dist_sync | dist_device_sync (a worker
+        # of a parameter-server job: batch_size is per device per worker, lr the global batch's)
         'kv_store': 'local',
         # use the fast graph rewrite for training when available (same parameters and maths)
         'fast_path': True,
@@ -99,6 +115,9 @@ CONFIG = {
         'every': 20,             # a progress line every N steps
         'verify_every': 2000,    # verification on the packs every N steps (and at the end)
         'checkpoint_every': 2000,
+        # checkpoints kept besides the best (0 = all: a multi-step distillation schedule reads
+        # a teacher's intermediate ones)
+        'keep_last': 2,
         # keep the checkpoint with the best accuracy on this pack (None = the last pack)
         'best_on': None,
     },

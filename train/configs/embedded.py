@@ -15,8 +15,9 @@ CONFIG = {
     'optimizer': {'lr': 0.1},
     'loss': {'name': 'arcface', 's': 32.0, 'm2': 0.0},
     'schedule': {'mode': 'cosine', 'max_steps': 80, 'warmup_steps': 10},
-    # Eq. 5 (the paper's) distils generations 1 and 2; Eq. 4 trains one more generation 1
-    'kd': {'alpha': 7.0, 'form': 'l2', 'compare_forms': ['angular']},
+    # Eq. 5 (the paper's, alpha = 7 by default) distils generations 1 and 2; Eq. 4 trains one
+    # more generation 1
+    'kd': {'form': 'l2', 'compare_forms': ['angular']},
     'eval': {'flip': False},
     'log': {'every': 10, 'verify_every': 20, 'checkpoint_every': 40},
 }

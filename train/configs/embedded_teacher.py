@@ -16,5 +16,7 @@ CONFIG = {
     'loss': {'name': 'arcface', 's': 32.0, 'm2': 0.0},
     'schedule': {'mode': 'cosine', 'max_steps': 400, 'warmup_steps': 10},
     'eval': {'flip': False},
-    'log': {'every': 25, 'verify_every': 100, 'checkpoint_every': 200},
+    # every 100 steps, all kept: the four stages are the teachers of multi-step distillation
+    # (train/compare_kd.py)
+    'log': {'every': 25, 'verify_every': 100, 'checkpoint_every': 100, 'keep_last': 0},
 }
