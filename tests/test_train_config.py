@@ -190,3 +190,14 @@ print(round(sched(2), 6), round(sched(8), 6))
 '''], capture_output=True, text=True, timeout=300)
     assert ours.returncode == 0, ours.stderr[-2000:]
     assert ours.stdout.split() == ['0.1', '0.01']
+
+
+def test_naming_another_network_drops_the_previous_networks_arguments():
+    cfg = load_config('embedded', ['network.name=pocketnet_s128'])
+    assert cfg.network.kwargs == {}
+    cfg = load_config('embedded', [{'network': {'name': 'pocketnet_s128',
+                                                'kwargs': {'emb_size': 64}}}])
+    assert cfg.network.kwargs == {'emb_size': 64}
+    # naming the same network keeps its arguments
+    cfg = load_config('embedded', ['network.name=vargfacenet'])
+    assert cfg.network.kwargs == {'variant': 'official'}

@@ -118,12 +118,22 @@ def parse_override(text):
     return out
 
 
+def _apply(cfg, update, source):
+    """``merge``, except that naming another network without its ``kwargs`` drops the old
+    network's arguments (VarGFaceNet's ``variant`` means nothing to PocketNet)."""
+    network = update.get('network') if isinstance(update, dict) else None
+    if isinstance(network, dict) and 'name' in network and 'kwargs' not in network and \
+            network['name'] != cfg['network']['name']:
+        cfg = dict(cfg, network=dict(cfg['network'], kwargs={}))
+    return merge(cfg, update, source)
+
+
 def with_overrides(cfg, overrides):
     """A checked copy of a resolved config with more overrides (strings or nested dicts)."""
     out = json.loads(json.dumps(cfg))
     for item in overrides:
         update = parse_override(item) if isinstance(item, str) else item
-        out = merge(out, update, 'override %r' % (item,))
+        out = _apply(out, update, 'override %r' % (item,))
     _check_values(out)
     return EasyDict(out)
 
@@ -146,10 +156,10 @@ def load_config(preset=None, overrides=()):
     cfg = copy.deepcopy(BASE)
     if preset:
         update, path = _load_preset(preset)
-        cfg = merge(cfg, update, path)
+        cfg = _apply(cfg, update, path)
     for item in overrides:
         update = parse_override(item) if isinstance(item, str) else item
-        cfg = merge(cfg, update, 'override %r' % (item,))
+        cfg = _apply(cfg, update, 'override %r' % (item,))
     _check_values(cfg)
     cfg = EasyDict(cfg)
     return cfg
