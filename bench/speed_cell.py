@@ -25,6 +25,14 @@ Engines:
     intra-op thread per physical core, ``--layout nchw`` or ``channels_last``; training is the
     same ArcFace step as MXNet's (:class:`ArcFaceHead`). This engine does not load MXNet.
 
+``--profile`` (engine ``mxnet``) profiles one step instead of timing it: MXNet's profiler
+(``mx.profiler``, aggregate statistics, bulk execution off so that every operator is its own
+entry), milliseconds per operator type, forward and backward, with the graph's node counts and
+what each type is on the fast path (:data:`OPERATOR_ROLES`)::
+
+    python bench/speed_cell.py --network pocketnet_s128 --mode train --batch 32 \\
+        --kernels fused --profile
+
 Process settings (:func:`vargfacenet.runtime.settings.apply`) are applied before MXNet loads;
 values already in the environment win, which is how ``bench_speed.py`` runs its "MXNet as
 installed" column (``OMP_NUM_THREADS`` set to MXNet's own default).
@@ -79,6 +87,7 @@ def mxnet_step(network, mode, batch, kernels):
         def step():
             mod.forward(data, is_train=False)
             mod.get_outputs()[0].asnumpy()
+        step.symbol = sym
         return step
     from vargfacenet.train.config import load_config
     from vargfacenet.train.distill import build_training_symbol
@@ -96,6 +105,7 @@ def mxnet_step(network, mode, batch, kernels):
         mod.forward_backward(data)
         mod.update()
         mod.get_outputs()[0].asnumpy()
+    step.symbol = sym
     return step
 
 
@@ -206,8 +216,82 @@ def time_step(step, batch, repeats):
     return float(np.median(times))
 
 
+# What each operator type is in the fast-path graphs (the PocketNet cells above all): whether a
+# fused kernel (runtime/csrc/vfn_ops.cc) computes it, and if not, what does.
+OPERATOR_ROLES = {
+    'vfn_bn_act': 'fused kernel: BatchNorm, with the PReLU after it when that PReLU is its only '
+                  'reader',
+    'vfn_prelu': 'fused kernel, alone: a PReLU not fused with a BatchNorm (PocketNet: the '
+                 'PReLU that opens every separable edge reads a cell state several edges share)',
+    'vfn_add_prelu': 'fused kernel: residual sum (+ SE product) + PReLU',
+    'vfn_channel_scale': 'fused kernel: SE product',
+    'Convolution': 'not covered: oneDNN convolutions (dense, depthwise, pointwise)',
+    'Pooling': 'not covered: max-pooling of the reduction cells (oneDNN; the BatchNorm after it '
+               'is fused)',
+    'Concat': 'not covered: cell outputs (4 nodes) and FactorizedReduce\'s two paths',
+    'slice': 'not covered: FactorizedReduce\'s one-pixel shift',
+    'elemwise_add': 'not covered: node sums (no PReLU follows them, so vfn_add_prelu does '
+                    'not apply)',
+    'add_n': 'not covered: gradient sums of tensors that several operators read (backward)',
+    'multi_sgd_mom_update': 'optimizer (SGD with momentum)',
+}
+FUSED_PREFIX = 'vfn_'
+
+
+def operator_type(name):
+    """``_backward_Convolution`` -> (``Convolution``, ``backward``)."""
+    if name.startswith('_backward_'):
+        return name[len('_backward_'):], 'backward'
+    return name, 'forward'
+
+
+def graph_operators(sym):
+    """{operator type: number of nodes} of a graph (variables left out)."""
+    counts = {}
+    for node in json.loads(sym.tojson())['nodes']:
+        if node['op'] != 'null':
+            counts[node['op']] = counts.get(node['op'], 0) + 1
+    return counts
+
+
+def profile_operators(step, steps=1):
+    """MXNet's profiler over ``steps`` calls of ``step``: per operator type, forward and backward
+    milliseconds per call, and the wall time per call.
+
+    Operator names are those of MXNet's aggregate statistics (``_backward_X`` is X's backward).
+    The cell runs with bulk execution off (:func:`main` sets it before MXNet loads), so every
+    operator is its own profiler entry; the wall time is that of the profiled calls, which
+    profiling and unbulked execution make slower than the timed ones.
+    """
+    import mxnet as mx
+    step()
+    mx.nd.waitall()
+    with tempfile.TemporaryDirectory() as tmp:
+        mx.profiler.set_config(profile_symbolic=True, profile_imperative=True,
+                               profile_memory=False, profile_api=False, aggregate_stats=True,
+                               filename=os.path.join(tmp, 'profile.json'))
+        mx.profiler.set_state('run')
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        mx.nd.waitall()
+        wall = (time.perf_counter() - start) / steps
+        mx.profiler.set_state('stop')
+        stats = json.loads(mx.profiler.dumps(reset=True, format='json'))
+    operators = {}
+    for name, row in stats.get('Time', {}).get('operator', {}).items():
+        if name.startswith('['):
+            raise RuntimeError('bulked operators in the profile (%s): set '
+                               'MXNET_EXEC_BULK_EXEC_TRAIN=0 before MXNet loads' % name[:60])
+        op, direction = operator_type(name)
+        entry = operators.setdefault(op, dict(forward_ms=0.0, backward_ms=0.0, calls=0))
+        entry[direction + '_ms'] += row['Total'] / steps
+        entry['calls'] += int(round(row['Count'] / steps))
+    return dict(seconds=wall, operators=operators)
+
+
 def measure(engine, network, mode, batch, repeats, kernels='faithful', layout='nchw',
-            flops=None):
+            flops=None, profile=False):
     """Time one cell in this process: ``images_per_s``, ``gflops`` (the forward FLOPs, 3x for
     a training step: forward + backward), ``peak_mb`` (this process's peak resident memory)."""
     if engine == 'mxnet':
@@ -220,6 +304,16 @@ def measure(engine, network, mode, batch, repeats, kernels='faithful', layout='n
         step = torch_step(network, mode, batch, layout)
     else:
         raise ValueError('unknown engine %r' % engine)
+    if profile:
+        if engine != 'mxnet':
+            raise ValueError('--profile profiles MXNet only')
+        for _ in range(2):                      # oneDNN creates its primitives on first use
+            step()
+        result = profile_operators(step)
+        result['graph_operators'] = graph_operators(step.symbol)
+        result['roles'] = {op: OPERATOR_ROLES[op] for op in result['operators']
+                           if op in OPERATOR_ROLES}
+        return result
     if flops is None:
         flops = forward_flops(network)
     seconds = time_step(step, batch, repeats)
@@ -239,6 +333,10 @@ def parse_args(argv=None):
                         help='MXNet graph (engine mxnet)')
     parser.add_argument('--layout', choices=LAYOUTS, default='nchw',
                         help='PyTorch memory layout (engine torch)')
+    parser.add_argument('--profile', action='store_true',
+                        help='instead of timing, profile one step with mx.profiler (bulk '
+                             'execution off) and print the milliseconds per operator type '
+                             '(engine mxnet)')
     parser.add_argument('--flops', type=int, default=None,
                         help='forward FLOPs per image (default: counted on the MXNet graph, '
                              'which loads MXNet)')
@@ -247,10 +345,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.profile:
+        # one profiler entry per operator (bulked segments would be one entry each); MXNet
+        # reads these when it loads
+        os.environ['MXNET_EXEC_BULK_EXEC_TRAIN'] = '0'
+        os.environ['MXNET_EXEC_BULK_EXEC_INFERENCE'] = '0'
     settings.apply()              # before anything loads MXNet
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # the PyTorch models
     result = measure(args.engine, args.network, args.mode, args.batch, args.repeats,
-                     args.kernels, args.layout, args.flops)
+                     args.kernels, args.layout, args.flops, args.profile)
     print(json.dumps(result), flush=True)
 
 
