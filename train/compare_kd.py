@@ -29,7 +29,9 @@ embedding). For ``margin`` the projected embedding meets the teacher's centres.
 import argparse
 import copy
 import logging
+import multiprocessing
 import os
+import sys
 import time
 
 from vargfacenet.train.cli import add_teacher_arguments
@@ -114,73 +116,116 @@ def student_config(base, network, teacher_dim, max_steps):
     return cfg
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    from vargfacenet.runtime import settings
-    settings.apply()
-    from vargfacenet.eval.report import write_comparison_report
+def _prepare(args):
+    """Config, data and teacher shared by every student: (base cfg, data label, teacher spec,
+    teacher model entries, teacher embedding size). The teacher is trained here when needed
+    (and reused by every later call)."""
     from vargfacenet.runtime import checkpoint as ckpt
-    from vargfacenet.symbol import flops, get_symbol
     from vargfacenet.train import pipeline
     from vargfacenet.train.config import load_config
-    from vargfacenet.train.distill import FrozenTeacher, parse_teacher_schedule
-    students = _split(args.students, STUDENTS, 'students')
-    methods = _split(args.methods, METHOD_KEYS, 'methods')
-    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
-    started = time.time()
+    from vargfacenet.train.distill import FrozenTeacher
     base = load_config(args.preset, list(args.overrides))
     data_label = pipeline.resolve_data(base)
-    teacher_models = []
     if args.teacher is None:
         teacher_cfg = load_config(args.teacher_preset, [
             {'data': {'train': base.data.train, 'val': base.data.val, 'test': base.data.test}}])
         summary = pipeline.train_or_reuse(teacher_cfg, args.run_dir, 'teacher',
                                           tag='[teacher] ')
         teacher_spec = (summary['prefix'], summary['index'])
-        teacher_models.append(dict(summary, name='teacher (%s)' % teacher_cfg.network.name))
+        teacher_models = [dict(summary, name='teacher (%s)' % teacher_cfg.network.name)]
     else:
         teacher_spec = ckpt.parse_model_spec(args.teacher)
-        teacher_models.append(dict(name='teacher', prefix=teacher_spec[0],
-                                   index=teacher_spec[1]))
+        teacher_models = [dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1])]
     teacher_dim = FrozenTeacher.load(*teacher_spec, layer=base.kd.teacher_layer).dim
+    return base, data_label, teacher_spec, teacher_models, teacher_dim
+
+
+def student_rows(args, network, methods):
+    """Train (or reuse) and evaluate one student's rows; returns the table rows."""
+    from vargfacenet.symbol import flops, get_symbol
+    from vargfacenet.train import pipeline
+    from vargfacenet.train.distill import parse_teacher_schedule
+    base, data_label, teacher_spec, _, teacher_dim = _prepare(args)
+    label, name = STUDENTS[network]
+    cfg = student_config(base, network, teacher_dim, args.max_steps)
+    variants = []
+    if 'margin' in methods:
+        variants.append(('gen1-margin', 'margin', {'kd': {'method': 'margin'}}))
+    if 'mse' in methods:
+        variants.append(('gen1-mse', 'mse', {'kd': {'method': 'mse'}}))
+    if 'multistep' in methods:
+        if args.teacher_schedule:
+            schedule = parse_teacher_schedule(args.teacher_schedule)
+        elif args.teacher is None:
+            schedule = stage_schedule(teacher_spec[0], cfg,
+                                      pipeline.make_train_iter(cfg).num_batches)
+        else:
+            raise SystemExit('--methods multistep with --teacher needs --teacher-schedule')
+        variants.append(('gen1-multistep', 'mse multi-step',
+                         {'kd': {'method': 'mse', 'teacher_schedule': schedule}}))
+    if 'angular' not in methods:
+        cfg.kd.compare_forms = []
+    elif cfg.kd.form == 'l2' and 'angular' not in cfg.kd.compare_forms:
+        cfg.kd.compare_forms = list(cfg.kd.compare_forms) + ['angular']
+    LOGGER.info('student %s (%s): %d distillation variant(s)', label, network, len(variants))
+    models = pipeline.recursive_kd(cfg, args.run_dir, 2 if 'angular' in methods else 1,
+                                   teacher_spec=teacher_spec, baseline=True, name=name,
+                                   variants=variants, keep_going=True)
+    models = [m for m in models[1:]
+              if 'angular' in methods or not m['name'].startswith('recursive=')]
+    results = pipeline.evaluate_models(models, cfg, data_label, reuse=True)
+    size = flops.count(get_symbol(cfg.network.name, **cfg.network.kwargs))
+    rows = []
+    for method, key in ROWS:
+        for record in results:
+            if record['name'] == key:
+                rows.append(dict(method=method, student=label, network=network,
+                                 params=size['params'], flops=size['flops'], record=record))
+    return rows
+
+
+def _student_process(argv, network, methods):
+    """A student's stages in a process of their own (see :func:`main`)."""
+    from vargfacenet.runtime import settings
+    settings.apply()
+    from vargfacenet.train import pipeline
+    args = build_parser().parse_args(argv)
+    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
+    student_rows(args, network, methods)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from vargfacenet.runtime import settings
+    settings.apply()
+    from vargfacenet.eval.report import write_comparison_report
+    from vargfacenet.train import pipeline
+    students = _split(args.students, STUDENTS, 'students')
+    methods = _split(args.methods, METHOD_KEYS, 'methods')
+    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
+    started = time.time()
+    base, data_label, _, teacher_models, _ = _prepare(args)
+    # training the teacher took the run folder's lock, held until the process exits: give it
+    # to the student processes
+    from vargfacenet.data.atomic import release_run_lock
+    release_run_lock(args.run_dir)
     rows = []
     for network in students:
-        label, name = STUDENTS[network]
-        cfg = student_config(base, network, teacher_dim, args.max_steps)
-        variants = []
-        if 'margin' in methods:
-            variants.append(('gen1-margin', 'margin', {'kd': {'method': 'margin'}}))
-        if 'mse' in methods:
-            variants.append(('gen1-mse', 'mse', {'kd': {'method': 'mse'}}))
-        if 'multistep' in methods:
-            if args.teacher_schedule:
-                schedule = parse_teacher_schedule(args.teacher_schedule)
-            elif args.teacher is None:
-                schedule = stage_schedule(teacher_spec[0], cfg,
-                                          pipeline.make_train_iter(cfg).num_batches)
-            else:
-                raise SystemExit('--methods multistep with --teacher needs --teacher-schedule')
-            variants.append(('gen1-multistep', 'mse multi-step',
-                             {'kd': {'method': 'mse', 'teacher_schedule': schedule}}))
-        if 'angular' not in methods:
-            cfg.kd.compare_forms = []
-        elif cfg.kd.form == 'l2' and 'angular' not in cfg.kd.compare_forms:
-            cfg.kd.compare_forms = list(cfg.kd.compare_forms) + ['angular']
-        LOGGER.info('student %s (%s): %d distillation variant(s)', label, network,
-                    len(variants))
-        models = pipeline.recursive_kd(cfg, args.run_dir, 2 if 'angular' in methods else 1,
-                                       teacher_spec=teacher_spec, baseline=True, name=name,
-                                       variants=variants, keep_going=True)
-        models = [m for m in models[1:]
-                  if 'angular' in methods or not m['name'].startswith('recursive=')]
-        results = pipeline.evaluate_models(models, cfg, data_label, reuse=True)
-        size = flops.count(get_symbol(cfg.network.name, **cfg.network.kwargs))
-        for method, key in ROWS:
-            for record in results:
-                if record['name'] == key:
-                    rows.append(dict(method=method, student=label, network=network,
-                                     params=size['params'], flops=size['flops'],
-                                     record=record))
+        # Each student trains in a process of its own: MXNet's CPU memory pool keeps every
+        # freed buffer for a later request of the same size and never returns it, so the
+        # buffers of one network stay allocated while the next trains (VarGFaceNet's 6 GB plus
+        # PocketNet-S128's 8 GB at batch 32 was killed for lack of memory on a 24 GB machine).
+        # The rows are then collected here from the finished (reused) stages.
+        child = multiprocessing.get_context('spawn').Process(
+            target=_student_process, args=(argv, network, methods))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit('the stages of student %s stopped (exit code %s); see the log '
+                             'above. Run the command again to resume them'
+                             % (network, child.exitcode))
+        rows += student_rows(args, network, methods)
     teacher_record = pipeline.evaluate_models(teacher_models, base, data_label, reuse=True)[0]
     report = write_comparison_report(rows, teacher_record, args.run_dir,
                                      seconds=time.time() - started)
