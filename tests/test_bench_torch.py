@@ -10,6 +10,8 @@ import pytest
 
 from vargfacenet.symbol import get_symbol
 
+from helpers import plain_forward
+
 torch = pytest.importorskip('torch')
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 'bench'))
@@ -41,14 +43,6 @@ def random_model(name, variant, seed=0):
     return sym, arg, aux
 
 
-def mxnet_output(sym, arg, aux, images, is_train=False):
-    module = mx.mod.Module(sym, label_names=None)
-    module.bind(data_shapes=[('data', images.shape)], for_training=is_train)
-    module.set_params(arg, aux)
-    module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=is_train)
-    return module.get_outputs()[0].asnumpy()
-
-
 def agreement(ours, ref):
     cosine = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
     return cosine, np.abs(ours - ref).max() / np.abs(ref).max()
@@ -63,7 +57,7 @@ def test_hand_written_model_reproduces_mxnet(name, variant):
         list(arg) + list(aux))
     torch_vargfacenet.load_mxnet_params(model, arg, aux)
     images = np.random.RandomState(1).uniform(0, 255, (3, 3, 112, 112)).astype(np.float32)
-    ref = mxnet_output(sym, arg, aux, images)
+    ref = plain_forward(sym, arg, aux, images)
     with torch.no_grad():
         ours = model.eval()(torch.from_numpy(images)).numpy()
     cosine, rel_diff = agreement(ours, ref)
@@ -84,7 +78,7 @@ def test_training_mode_uses_batch_statistics_as_mxnet():
     model = torch_vargfacenet.load_mxnet_params(torch_vargfacenet.VarGFaceNet('official'),
                                                 arg, aux)
     images = np.random.RandomState(2).uniform(0, 255, (4, 3, 112, 112)).astype(np.float32)
-    ref = mxnet_output(sym, arg, aux, images, is_train=True)
+    ref = plain_forward(sym, arg, aux, images, is_train=True)
     with torch.no_grad():
         ours = model.train()(torch.from_numpy(images)).numpy()
     cosine, rel_diff = agreement(ours, ref)

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from vargfacenet.data.iterator import FaceImageIter
-from vargfacenet.runtime.checkpoint import save_embedding
-from vargfacenet.symbol import get_symbol
 from vargfacenet.train import pipeline
 from vargfacenet.train.config import load_config
 from vargfacenet.train.distill import FrozenTeacher
+
+from helpers import random_teacher
 
 SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_size': 64}}}
 # lr 0.01 without warm-up: every update is large enough that a wrong gradient scale shows
@@ -91,19 +91,6 @@ WORKER = textwrap.dedent('''
     with open('%s/rank%d.json' % (args['run_dir'], rank), 'w') as f:
         json.dump(out, f)
 ''')
-
-
-def random_teacher(tmp_path):
-    """An untrained but fixed teacher checkpoint: distillation only needs it frozen."""
-    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=64)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=False)
-    mx.random.seed(7)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    arg, aux = mod.get_params()
-    prefix = str(tmp_path / 'teacher')
-    save_embedding(prefix, 1, sym, arg, aux)
-    return prefix
 
 
 def dist_cfg(data, *more):

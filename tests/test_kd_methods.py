@@ -16,6 +16,8 @@ from vargfacenet.train.config import ConfigError, load_config, parse_teacher_sch
 from vargfacenet.train.distill import (TEACHER_CENTRES, FrozenTeacher, TeacherSchedule,
                                        build_training_symbol, kd_weight, teacher_centres)
 
+from helpers import random_teacher
+
 SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_size': 64}}}
 
 
@@ -26,13 +28,7 @@ def small_cfg(data, *overrides):
 def save_teacher(prefix, index, seed, num_classes=None, emb_size=64):
     """A fixed random teacher checkpoint (and, with ``num_classes``, a training state holding
     its fc7_weight, as every run of the project leaves beside its checkpoints)."""
-    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=emb_size)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=False)
-    mx.random.seed(seed)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    arg, aux = mod.get_params()
-    ckpt.save_embedding(prefix, index, sym, arg, aux)
+    random_teacher(prefix, emb_size=emb_size, seed=seed, index=index)
     if num_classes:
         fc7 = np.random.RandomState(seed).randn(num_classes, emb_size).astype(np.float32)
         ckpt.save_state(prefix, index, {'fc7_weight': mx.nd.array(fc7)}, {},

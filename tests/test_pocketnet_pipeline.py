@@ -22,6 +22,8 @@ from vargfacenet.runtime import fastops, fastpath
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train import loop
 
+from helpers import plain_forward, random_teacher
+
 NETWORK = 'pocketnet_s128'
 EMB = 128
 TEACHER_EMB = 64
@@ -43,15 +45,6 @@ def cli_data(tiny_data):
 def ops_of(sym):
     return collections.Counter(n['op'] for n in json.loads(sym.tojson())['nodes']
                                if n['op'] != 'null')
-
-
-def faithful_forward(sym, arg, aux, images):
-    """fc1_output of a plain Module of the faithful graph (no fast path), inference mode."""
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', images.shape)], for_training=False)
-    mod.set_params(arg, aux)
-    mod.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=False)
-    return mod.get_outputs()[0].asnumpy()
 
 
 def centred_error(a, b):
@@ -191,7 +184,7 @@ def test_verification_cli_equals_the_faithful_graph_on_the_pack(trained, tiny_da
     figures = json.load(open(out))['synth_lfw']
     images, issame = load_bin(pack)
     sym, arg, aux = ckpt.load_embedding(trained['prefix'], FINAL)
-    both = faithful_forward(sym, arg, aux, nchw(np.concatenate([images, images[:, :, ::-1]])))
+    both = plain_forward(sym, arg, aux, nchw(np.concatenate([images, images[:, :, ::-1]])))
     raw, mirrored = both[:len(images)], both[len(images):]
     assert figures['num_pairs'] == len(issame) and figures['flip'] is True
     xnorm = np.mean(np.linalg.norm(np.concatenate([raw, mirrored]), axis=1))
@@ -224,7 +217,7 @@ def test_export_reproduces_the_training_checkpoint(trained, tmp_path, capsys, fm
                                   if c['passed'] is not None)
     sym, arg, aux = ckpt.load_embedding(trained['prefix'], FINAL)
     faces = nchw(synthetic_faces(8))
-    reference = faithful_forward(sym, arg, aux, faces)
+    reference = plain_forward(sym, arg, aux, faces)
     if fmt == 'mxnet':
         # every BatchNorm after a convolution folded; kept: the 9 after max-pooling, and the
         # 2 FactorizedReduce BatchNorms after their concat
@@ -237,7 +230,7 @@ def test_export_reproduces_the_training_checkpoint(trained, tmp_path, capsys, fm
         assert sum('follows Pooling' in reason for reason in kept.values()) == 9
         exported, earg, eaux = mx.model.load_checkpoint(out, 0)
         assert exported.list_outputs() == ['fc1_output']
-        ours = faithful_forward(exported, earg, eaux, faces)
+        ours = plain_forward(exported, earg, eaux, faces)
     else:
         import onnxruntime
         session = onnxruntime.InferenceSession(out + '.onnx', providers=['CPUExecutionProvider'])
@@ -255,19 +248,6 @@ def l2_normalization(x, eps=1e-10):
     return x / np.sqrt(np.sum(x * x, axis=1, keepdims=True) + eps)
 
 
-def random_teacher(path, emb_size=TEACHER_EMB):
-    """A fixed, untrained VarGFaceNet (x0.5) with another embedding size."""
-    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=emb_size)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', (BATCH, 3, 112, 112))], for_training=False)
-    mx.random.seed(7)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    arg, aux = mod.get_params()
-    prefix = str(path / 'teacher')
-    ckpt.save_embedding(prefix, 1, sym, arg, aux)
-    return prefix
-
-
 def test_distillation_through_a_projection_keeps_the_teacher_and_logs_the_kd_term(
         tiny_data, tmp_path, monkeypatch):
     """``train_kd.py --recursive 1 --no-baseline --projection`` with a 64-d teacher: the kd term
@@ -275,7 +255,7 @@ def test_distillation_through_a_projection_keeps_the_teacher_and_logs_the_kd_ter
     projection W and a faithful forward pass of the teacher; the teacher never changes; the
     exported student is PocketNet alone (W stays in the training state)."""
     from vargfacenet.train import train_kd
-    teacher = random_teacher(tmp_path)
+    teacher = random_teacher(tmp_path, emb_size=TEACHER_EMB)
     teacher_file = ckpt.file_sha256(ckpt.params_path(teacher, 1))
     tsym, targ, taux = ckpt.load_embedding(teacher, 1)
     recorder = Recorder(monkeypatch)
@@ -288,7 +268,7 @@ def test_distillation_through_a_projection_keeps_the_teacher_and_logs_the_kd_ter
         t = record['teacher_emb']
         assert t.shape == (BATCH, TEACHER_EMB) and record['kd_proj'].shape == (TEACHER_EMB, EMB)
         # the teacher input is the frozen teacher's embedding of this batch (inference mode)
-        np.testing.assert_allclose(t, faithful_forward(tsym, targ, taux, record['data']),
+        np.testing.assert_allclose(t, plain_forward(tsym, targ, taux, record['data']),
                                    rtol=1e-4, atol=1e-4 * np.abs(t).max())
         s = record['embedding'] @ record['kd_proj'].T
         kd = np.mean(np.sum((l2_normalization(s) - l2_normalization(t)) ** 2, axis=1))

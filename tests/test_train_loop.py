@@ -9,10 +9,12 @@ import pytest
 
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train import pipeline
-from vargfacenet.runtime.checkpoint import checkpoint_indices, save_embedding
+from vargfacenet.runtime.checkpoint import checkpoint_indices
 from vargfacenet.train.config import load_config
 from vargfacenet.train.distill import FrozenTeacher
 from vargfacenet.train.loop import NonFiniteLossError
+
+from helpers import random_teacher
 
 # a small student keeps these tests in seconds; the graph code is the same for VarGFaceNet
 SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_size': 64}}}
@@ -20,19 +22,6 @@ SMALL = {'network': {'name': 'vargfacenet', 'kwargs': {'multiplier': 0.5, 'emb_s
 
 def tiny_cfg(data, *overrides):
     return load_config('smoke', [SMALL, {'data': dict(data)}] + list(overrides))
-
-
-def random_teacher(tmp_path, emb_size=64):
-    """An untrained but fixed teacher checkpoint: distillation only needs it frozen."""
-    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=emb_size)
-    mod = mx.mod.Module(sym, label_names=None)
-    mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=False)
-    mx.random.seed(7)
-    mod.init_params(mx.init.Xavier(magnitude=2))
-    arg, aux = mod.get_params()
-    prefix = str(tmp_path / 'teacher')
-    save_embedding(prefix, 1, sym, arg, aux)
-    return prefix
 
 
 def params_of(prefix, index):

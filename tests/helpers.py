@@ -1,0 +1,28 @@
+"""Helpers shared by several test files (pytest puts this folder on ``sys.path``)."""
+import mxnet as mx
+
+from vargfacenet.runtime import checkpoint as ckpt
+from vargfacenet.symbol import get_symbol
+
+
+def random_teacher(folder, emb_size=64, seed=7, index=1, name='teacher'):
+    """An untrained but fixed teacher checkpoint ``folder/name,index`` (a VarGFaceNet x0.5):
+    distillation only needs it frozen. Returns the prefix."""
+    sym = get_symbol('vargfacenet', multiplier=0.5, emb_size=emb_size)
+    mod = mx.mod.Module(sym, label_names=None)
+    mod.bind(data_shapes=[('data', (2, 3, 112, 112))], for_training=False)
+    mx.random.seed(seed)
+    mod.init_params(mx.init.Xavier(magnitude=2))
+    arg, aux = mod.get_params()
+    prefix = str(folder / name) if hasattr(folder, 'joinpath') else str(folder)
+    ckpt.save_embedding(prefix, index, sym, arg, aux)
+    return prefix
+
+
+def plain_forward(sym, arg, aux, images, is_train=False):
+    """The output of a plain Module of ``sym`` (no fast path) on NCHW ``images``."""
+    module = mx.mod.Module(sym, label_names=None)
+    module.bind(data_shapes=[('data', images.shape)], for_training=is_train)
+    module.set_params(arg, aux)
+    module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=is_train)
+    return module.get_outputs()[0].asnumpy()
