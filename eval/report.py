@@ -216,7 +216,7 @@ def plot_roc(results, path):
     return path
 
 
-def plot_curves(results, path):
+def plot_curves(results, path, title=None):
     """Learning curves of every model with a training history: training loss (left) and
     held-out accuracy (right) against the step."""
     import matplotlib
@@ -240,8 +240,9 @@ def plot_curves(results, path):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle('Learning curves (%s data)' % (results[0].get('dataset', '?')
-                                                 if results else '?'))
+    fig.suptitle('Learning curves%s (%s data)' % (': %s' % title if title else '',
+                                                   results[0].get('dataset', '?')
+                                                   if results else '?'))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=100, bbox_inches='tight')
     plt.close(fig)
@@ -402,16 +403,21 @@ def _renamed(rows):
 
 
 def write_comparison_report(rows, teacher, out_dir, seconds=None):
-    """Write ``compare.md`` and ``compare-curves.png`` (learning curves of every student row)
-    to ``out_dir``; returns their paths and the text."""
+    """Write ``compare.md`` and ``compare-curves-<student>.png`` (the learning curves of each
+    student's rows) to ``out_dir``; returns their paths and the text."""
     os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, 'compare.md')
     text = comparison_markdown(rows, teacher, seconds)
-    out = dict(markdown=md_path)
-    renamed, _ = _renamed(rows)
-    if any((r.get('history') or {}).get('loss') for r in renamed):
-        out['curves'] = plot_curves(renamed, os.path.join(out_dir, 'compare-curves.png'))
-        text += '\n![learning curves](compare-curves.png)\n'
+    out = dict(markdown=md_path, curves=[])
+    # one image per student: its rows' curves, named by method
+    for student in dict.fromkeys(row['student'] for row in rows):
+        records = [dict(row['record'], name=row['method']) for row in rows
+                   if row['student'] == student and not row['record'].get('failed')]
+        if any((r.get('history') or {}).get('loss') for r in records):
+            name = 'compare-curves-%s.png' % student.lower().replace(' ', '-')
+            out['curves'].append(plot_curves(records, os.path.join(out_dir, name),
+                                             title=student))
+            text += '\n![learning curves of %s](%s)\n' % (student, name)
     with atomic_open(md_path, 'w') as f:
         f.write(text)
     out['text'] = text

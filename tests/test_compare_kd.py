@@ -45,7 +45,8 @@ def test_compare_kd_trains_each_method_and_tabulates_the_metrics(tmp_path):
     margin = json.load(open(os.path.join(run_dir, 'model-gen1-margin-config.json')))
     assert margin['kd']['method'] == 'margin' and margin['kd']['alpha'] is None
     assert 'VarGFaceNet: margin (MarginDistillation) vs VarGFaceNet: from scratch' in table
-    assert os.path.getsize(os.path.join(run_dir, 'compare-curves.png')) > 1000
+    assert os.path.getsize(os.path.join(run_dir, 'compare-curves-vargfacenet.png')) > 1000
+    assert '![learning curves of VarGFaceNet](compare-curves-vargfacenet.png)' in table
     # a second run reuses every row: nothing is trained or evaluated again
     stamps = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in os.listdir(run_dir)
               if f.endswith(('-train.json', '-metrics.json'))}
