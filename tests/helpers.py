@@ -1,4 +1,6 @@
 """Helpers shared by several test files (pytest puts this folder on ``sys.path``)."""
+import os
+
 import mxnet as mx
 
 from vargfacenet.runtime import checkpoint as ckpt
@@ -15,6 +17,7 @@ def random_teacher(folder, emb_size=64, seed=7, index=1, name='teacher'):
     mod.init_params(mx.init.Xavier(magnitude=2))
     arg, aux = mod.get_params()
     prefix = str(folder / name) if hasattr(folder, 'joinpath') else str(folder)
+    os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
     ckpt.save_embedding(prefix, index, sym, arg, aux)
     return prefix
 

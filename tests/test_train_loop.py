@@ -139,8 +139,8 @@ def test_teacher_cache_matches_live_teacher_and_drives_distillation(tiny_data, t
         images[:, :, ::-1].transpose(0, 3, 1, 2).astype(np.float32))).asnumpy()
     np.testing.assert_allclose(cache.lookup(keys, [False] * 4), live, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cache.lookup(keys, [True] * 4), mirrored, rtol=1e-5, atol=1e-5)
-    loaded = TeacherCache.load(str(tmp_path / 'cache.npz'))
-    assert np.array_equal(loaded.embeddings, cache.embeddings)
+    loaded, source = TeacherCache.load(str(tmp_path / 'cache.npz'))
+    assert np.array_equal(loaded.embeddings, cache.embeddings) and source == {}
     with pytest.raises(KeyError, match='not in the teacher cache'):
         cache.lookup([10 ** 6], [False])
     cfg = tiny_cfg(tiny_data, {'kd': {'cache_teacher': True}})
@@ -149,6 +149,22 @@ def test_teacher_cache_matches_live_teacher_and_drives_distillation(tiny_data, t
                                    baseline=False)
     assert os.path.isfile(str(tmp_path / 'run' / 'teacher-embeddings.npz'))
     assert models[-1]['distilled'] and models[-1]['steps'] == cfg.schedule.max_steps
+
+
+def test_teacher_cache_is_rebuilt_for_another_teacher(tiny_data, tmp_path, caplog):
+    """A cache records the teacher's parameters and the data set it was made from; another
+    teacher under the same path gets a new cache, the same one reuses it."""
+    from vargfacenet.train.distill import TeacherCache
+    path = str(tmp_path / 'cache.npz')
+    first = FrozenTeacher.load(random_teacher(tmp_path / 'a'), 1, batch_size=4)
+    built = TeacherCache.load_or_build(first, tiny_data['train'], path)
+    with caplog.at_level('INFO'):
+        again = TeacherCache.load_or_build(first, tiny_data['train'], path)
+    assert 'reused' in caplog.text and np.array_equal(again.embeddings, built.embeddings)
+    other = FrozenTeacher.load(random_teacher(tmp_path / 'b', seed=8), 1, batch_size=4)
+    rebuilt = TeacherCache.load_or_build(other, tiny_data['train'], path)
+    assert not np.allclose(rebuilt.embeddings, built.embeddings)
+    assert TeacherCache.load(path)[1] == TeacherCache.source_of(other, tiny_data['train'])
 
 
 def one_step_params(cfg, batch, init, num_classes=5):

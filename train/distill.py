@@ -23,6 +23,7 @@ ever computed for it and its parameters cannot change. Its embedding enters the 
 an input (``teacher_emb``), which needs no gradient either. A :class:`TeacherSchedule` changes
 the teacher checkpoint with the student's epoch (PocketNet's multi-step distillation).
 """
+import json
 import logging
 import os
 
@@ -355,14 +356,50 @@ class TeacherCache:
             cache.save(path)
         return cache
 
-    def save(self, path):
+    def save(self, path, source=None):
+        """Write the cache (``.npz``); ``source`` (see :meth:`source_of`) records what made it."""
+        meta = np.frombuffer(json.dumps(source or {}, sort_keys=True).encode('utf-8'), np.uint8)
         with atomic_path(path) as tmp:
             with open(tmp, 'wb') as f:
-                np.savez(f, keys=self.keys, embeddings=self.embeddings)
+                np.savez(f, keys=self.keys, embeddings=self.embeddings, source=meta)
 
     @classmethod
     def load(cls, path):
+        """(cache, source dict) of a saved cache (source {} for caches without one)."""
         if not os.path.isfile(path):
             raise FileNotFoundError('teacher cache %s not found' % path)
-        with np.load(path) as z:
-            return cls(z['keys'], z['embeddings'])
+        with np.load(path, allow_pickle=False) as z:
+            source = json.loads(z['source'].tobytes().decode('utf-8')) \
+                if 'source' in z.files else {}
+            return cls(z['keys'], z['embeddings']), source
+
+    @staticmethod
+    def source_of(teacher, data_path):
+        """What a cache's embeddings depend on: the teacher's parameters and layer and the
+        data set's index (hashes), or None when the teacher was not loaded from a file."""
+        if getattr(teacher, 'spec', None) is None:
+            return None
+        from vargfacenet.data.recordio import FaceRecordReader
+        with FaceRecordReader(data_path) as reader:
+            index = reader.idx_path
+        return dict(teacher=checkpoint.file_sha256(checkpoint.params_path(*teacher.spec)),
+                    layer=teacher.sym.list_outputs()[0],
+                    data_index=checkpoint.file_sha256(index))
+
+    @classmethod
+    def load_or_build(cls, teacher, data_path, path):
+        """The cache at ``path`` when the same teacher and data set made it, else a new one
+        (written to ``path``)."""
+        source = cls.source_of(teacher, data_path)
+        if os.path.isfile(path):
+            cache, saved = cls.load(path)
+            if source is not None and saved == source:
+                LOGGER.info('teacher cache %s reused (same teacher and data)', path)
+                return cache
+            LOGGER.info('teacher cache %s was made by another teacher or data set (or does not '
+                        'say): building it again', path)
+        from vargfacenet.data.recordio import FaceRecordReader
+        with FaceRecordReader(data_path) as reader:
+            cache = cls.build(teacher, reader)
+        cache.save(path, source)
+        return cache

@@ -301,13 +301,8 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         if cfg.kd.teacher_schedule:
             raise ValueError('kd.cache_teacher holds one teacher\'s embeddings and '
                              'kd.teacher_schedule changes the teacher: use one of them')
-        from vargfacenet.data.recordio import FaceRecordReader
-        path = os.path.join(run_dir, 'teacher-embeddings.npz')
-        if os.path.isfile(path):
-            cache = TeacherCache.load(path)
-        else:
-            with FaceRecordReader(cfg.data.train) as reader:
-                cache = TeacherCache.build(teacher, reader, path)
+        cache = TeacherCache.load_or_build(teacher, cfg.data.train,
+                                           os.path.join(run_dir, 'teacher-embeddings.npz'))
     def stage(label, *args, **kwargs):
         from vargfacenet.train.loop import NonFiniteLossError
         try:

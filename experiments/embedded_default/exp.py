@@ -46,14 +46,9 @@ if not args.eval_only:
         teacher = FrozenTeacher.load(spec[0], spec[1], layer=cfg.kd.teacher_layer,
                                      batch_size=cfg.train.batch_size)
         if args.cache:
-            from vargfacenet.data.recordio import FaceRecordReader
             path = os.path.join(os.path.dirname(spec[0]), 'teacher-embeddings-%s.npz'
                                 % os.path.basename(args.data))
-            if os.path.isfile(path):
-                cache = TeacherCache.load(path)
-            else:
-                with FaceRecordReader(cfg.data.train) as reader:
-                    cache = TeacherCache.build(teacher, reader, path)
+            cache = TeacherCache.load_or_build(teacher, cfg.data.train, path)
             result['cache_seconds'] = time.time() - t0
             teacher = None
     init = ckpt.load_init(ckpt.parse_model_spec(args.init)) if args.init else None
