@@ -29,3 +29,15 @@ def plain_forward(sym, arg, aux, images, is_train=False):
     module.set_params(arg, aux)
     module.forward(mx.io.DataBatch([mx.nd.array(images)]), is_train=is_train)
     return module.get_outputs()[0].asnumpy()
+
+
+def small_random_checkpoint(folder, index):
+    """A VarGFaceNet x0.25 (64-d) checkpoint ``folder/model,index`` with random weights and
+    BatchNorm statistics of synthetic faces (deploy.checks.random_model): outputs that vary
+    from face to face, for export and embedding tests. Returns (prefix, sym, arg, aux)."""
+    from vargfacenet.deploy.checks import random_model, synthetic_faces
+    sym = get_symbol('vargfacenet', multiplier=0.25, emb_size=64)
+    arg, aux = random_model(sym, synthetic_faces(16, seed=5))
+    prefix = str(folder / 'model')
+    ckpt.save_embedding(prefix, index, sym, arg, aux)
+    return prefix, sym, arg, aux

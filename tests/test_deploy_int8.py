@@ -12,21 +12,18 @@ from vargfacenet.data.binpack import load_bin
 from vargfacenet.data.recordio import FaceDataError, FaceRecordReader
 from vargfacenet.deploy import export as export_cli
 from vargfacenet.deploy import int8
-from vargfacenet.deploy.checks import random_model, synthetic_faces, to_nchw
+from vargfacenet.deploy.checks import to_nchw
 from vargfacenet.deploy.fold import fold_batchnorm
 from vargfacenet.eval import metrics
 from vargfacenet.runtime import fastpath
-from vargfacenet.runtime.checkpoint import save_embedding
 from vargfacenet.symbol import get_symbol
+
+from helpers import small_random_checkpoint
 
 
 @pytest.fixture(scope='module')
 def model(tmp_path_factory):
-    sym = get_symbol('vargfacenet', multiplier=0.25, emb_size=64)
-    arg, aux = random_model(sym, synthetic_faces(16, seed=5))
-    prefix = str(tmp_path_factory.mktemp('model') / 'model')
-    save_embedding(prefix, 1, sym, arg, aux)
-    return prefix, sym, arg, aux
+    return small_random_checkpoint(tmp_path_factory.mktemp('model'), 1)
 
 
 def flip_sum_accuracy(sym, arg, aux, pack):

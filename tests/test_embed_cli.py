@@ -13,21 +13,17 @@ import pytest
 
 from vargfacenet.data.align import ARCFACE_TEMPLATE, align_face
 from vargfacenet.data.binpack import load_bin
-from vargfacenet.deploy.checks import random_model, synthetic_faces
+from vargfacenet.deploy.checks import synthetic_faces
 from vargfacenet.eval import embed as embed_cli
 from vargfacenet.eval import metrics
 from vargfacenet.eval.embed import Embedder, embed_rec
-from vargfacenet.runtime.checkpoint import save_embedding
-from vargfacenet.symbol import get_symbol
+
+from helpers import small_random_checkpoint
 
 
 @pytest.fixture(scope='module')
 def model(tmp_path_factory):
-    sym = get_symbol('vargfacenet', multiplier=0.25, emb_size=64)
-    arg, aux = random_model(sym, synthetic_faces(16, seed=5))
-    prefix = str(tmp_path_factory.mktemp('model') / 'model')
-    save_embedding(prefix, 2, sym, arg, aux)
-    return prefix + ',2'
+    return small_random_checkpoint(tmp_path_factory.mktemp('model'), 2)[0] + ',2'
 
 
 @pytest.fixture(scope='module')
