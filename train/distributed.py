@@ -7,11 +7,15 @@ to every worker, a sum over the workers) that the pipeline uses to agree on wher
 Launch with ``python train/launch.py`` (README, "Several machines").
 """
 import atexit
+import json
 import logging
 import os
 import sys
+import zlib
 
 import mxnet as mx
+
+from vargfacenet.runtime import checkpoint as ckpt
 
 LOGGER = logging.getLogger(__name__)
 
@@ -165,3 +169,41 @@ def sum_over_workers(kv, values, name='sum'):
     kv.push(key, mx.nd.array(values))
     kv.pull(key, out=out)
     return out.asnumpy().tolist()
+
+
+def config_fingerprint(cfg):
+    """CRC32 of the config without its data paths (they may differ between machines), as two
+    16-bit halves (exact in the float32 values of :func:`broadcast_values`)."""
+    plain = json.loads(json.dumps(cfg))
+    for key in ('train', 'val', 'test', 'synthetic_root'):
+        plain['data'].pop(key, None)
+    crc = zlib.crc32(json.dumps(plain, sort_keys=True).encode())
+    return [crc >> 16, crc & 0xffff]
+
+
+def agree_with_rank0(cfg, prefix, resume_index, has_checkpoints, tag):
+    """Worker 0's (resume index, whether the run has checkpoints), on every worker.
+
+    Worker 0 decides: another worker may look at the folder before worker 0 has finished
+    writing a checkpoint (a worker that stopped with it goes on while worker 0 saves), and
+    after this collective worker 0's checkpoint is complete. Raises on every worker alike
+    when a worker's config differs from worker 0's or it cannot read the checkpoint worker 0
+    resumes from: they would train differently, or wait for each other forever.
+    """
+    kv = distributed_kvstore(cfg.train.kv_store)
+    mine = config_fingerprint(cfg)
+    first = broadcast_values(kv, mine + [-1 if resume_index is None else resume_index,
+                                         int(has_checkpoints)], 'agree')
+    index = None if first[2] < 0 else int(first[2])
+    readable = index is None or all(os.path.isfile(path(prefix, index))
+                                    for path in (ckpt.params_path, ckpt.state_path))
+    differ = sum_over_workers(kv, [mine != first[:2], not readable], 'disagree')
+    if any(differ):
+        raise RuntimeError(
+            '%s%s: start every worker with the same command and settings, on the same run '
+            'folder (shared between machines, so that every worker resumes from the checkpoint '
+            'worker 0 wrote)' % (tag, ' and '.join(what % int(n) for what, n in zip(
+                ('%d worker(s) have another config than worker 0',
+                 '%%d worker(s) cannot read %s-%04d, the checkpoint worker 0 resumes from'
+                 % (prefix, index or 0)), differ) if n)))
+    return index, bool(first[3])

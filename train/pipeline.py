@@ -14,8 +14,8 @@ from vargfacenet.eval.evaluate import (evaluate_checkpoint, metrics_path, metric
 from vargfacenet.runtime import checkpoint as ckpt
 from vargfacenet.symbol import get_symbol
 from vargfacenet.train.config import save_config
-from vargfacenet.train.distributed import (broadcast_values, distributed_kvstore,
-                                           sum_over_workers, worker_rank)
+from vargfacenet.train.distributed import (agree_with_rank0, broadcast_values,
+                                           distributed_kvstore, worker_rank)
 from vargfacenet.train.loop import (Checkpointer, ProgressLogger, Run, Verifier, fit,
                                     parse_contexts)
 
@@ -88,45 +88,6 @@ def make_train_iter(cfg, seed_offset=0):
                          skip_bad=cfg.data.skip_bad, num_parts=workers, part_index=rank)
 
 
-def _config_fingerprint(cfg):
-    """CRC32 of the config without its data paths (they may differ between machines), as two
-    16-bit halves (exact in the float32 values of :func:`broadcast_values`)."""
-    import zlib
-    plain = json.loads(json.dumps(cfg))
-    for key in ('train', 'val', 'test', 'synthetic_root'):
-        plain['data'].pop(key, None)
-    crc = zlib.crc32(json.dumps(plain, sort_keys=True).encode())
-    return [crc >> 16, crc & 0xffff]
-
-
-def _agree_with_rank0(cfg, prefix, resume_index, has_checkpoints, tag):
-    """Worker 0's (resume index, whether the run has checkpoints), on every worker.
-
-    Worker 0 decides: another worker may look at the folder before worker 0 has finished
-    writing a checkpoint (a worker that stopped with it goes on while worker 0 saves), and
-    after this collective worker 0's checkpoint is complete. Raises on every worker alike
-    when a worker's config differs from worker 0's or it cannot read the checkpoint worker 0
-    resumes from: they would train differently, or wait for each other forever.
-    """
-    kv = distributed_kvstore(cfg.train.kv_store)
-    mine = _config_fingerprint(cfg)
-    first = broadcast_values(kv, mine + [-1 if resume_index is None else resume_index,
-                                         int(has_checkpoints)], 'agree')
-    index = None if first[2] < 0 else int(first[2])
-    readable = index is None or all(os.path.isfile(path(prefix, index))
-                                    for path in (ckpt.params_path, ckpt.state_path))
-    differ = sum_over_workers(kv, [mine != first[:2], not readable], 'disagree')
-    if any(differ):
-        raise RuntimeError(
-            '%s%s: start every worker with the same command and settings, on the same run '
-            'folder (shared between machines, so that every worker resumes from the checkpoint '
-            'worker 0 wrote)' % (tag, ' and '.join(what % int(n) for what, n in zip(
-                ('%d worker(s) have another config than worker 0',
-                 '%%d worker(s) cannot read %s-%04d, the checkpoint worker 0 resumes from'
-                 % (prefix, index or 0)), differ) if n)))
-    return index, bool(first[3])
-
-
 def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init=None,
               resume=False, stop_check=None, tag=''):
     """Train one network (from scratch, from ``init``, or distilled from ``teacher``).
@@ -157,7 +118,7 @@ def train_one(cfg, run_dir, name='model', teacher=None, teacher_cache=None, init
     resume_index = ckpt.latest_checkpoint(prefix, with_state=True) if resume else None
     has_checkpoints = bool(ckpt.checkpoint_indices(prefix))
     if workers > 1:
-        resume_index, has_checkpoints = _agree_with_rank0(cfg, prefix, resume_index,
+        resume_index, has_checkpoints = agree_with_rank0(cfg, prefix, resume_index,
                                                           has_checkpoints, tag)
     if resume and resume_index is None:
         LOGGER.info('%sno checkpoint with training state under %s: starting fresh', tag, prefix)
