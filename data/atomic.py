@@ -110,6 +110,7 @@ class RunFolderBusyError(RuntimeError):
 
 
 _HELD_LOCKS = {}        # real path of a lock file -> open descriptor (held until exit)
+_ADOPTED = set()        # the keys of _HELD_LOCKS shared with a parent process
 
 
 def hold_run_lock(folder, rank=0):
@@ -167,6 +168,25 @@ def hold_run_lock(folder, rank=0):
     return path
 
 
+def lock_fd(folder, rank=0):
+    """The open descriptor of this process's lock of ``folder`` (to share it with a child
+    process: ``multiprocessing.reduction.DupFd``); the lock must be held."""
+    key = os.path.realpath(os.path.join(folder, lock_name(rank)))
+    if key not in _HELD_LOCKS:
+        raise RuntimeError('this process does not hold the lock of %s' % folder)
+    return _HELD_LOCKS[key]
+
+
+def adopt_run_lock(folder, fd, rank=0):
+    """Hold ``folder``'s lock through ``fd``, a duplicate of a parent's locked descriptor: a
+    ``flock`` lock belongs to the open file, so parent and child hold it together and a
+    stage process of a job can write to the job's folder while a second copy of the job still
+    refuses. :func:`hold_run_lock` then returns at once."""
+    key = os.path.realpath(os.path.join(folder, lock_name(rank)))
+    _HELD_LOCKS[key] = fd
+    _ADOPTED.add(key)
+
+
 def lock_name(rank=0):
     """The lock file name of worker ``rank`` (``.run.lock`` for rank 0 and single processes)."""
     return LOCK_NAME if not rank else '.run.rank%d.lock' % int(rank)
@@ -178,7 +198,9 @@ def release_run_lock(folder, rank=0):
     key = os.path.realpath(os.path.join(folder, lock_name(rank)))
     fd = _HELD_LOCKS.pop(key, None)
     if fd is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if key not in _ADOPTED:         # unlocking a shared lock would free the parent's too
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        _ADOPTED.discard(key)
         os.close(fd)
 
 

@@ -402,12 +402,97 @@ def _renamed(rows):
     return renamed, pairs
 
 
-def write_comparison_report(rows, teacher, out_dir, seconds=None):
+def _accuracy(record):
+    return record['lfr']['verification']['accuracy']
+
+
+def seed_summary(rows, reference='from scratch', confidence=0.95):
+    """Between-seed figures of ``rows`` trained with several ``seed`` values.
+
+    Returns
+    -------
+    (list of dict, list of dict)
+        Per (student, method) with two seeds or more: ``accuracies`` by seed, their ``mean``
+        and ``sd`` (ddof 1).
+        Per (student, method) other than ``reference``: the differences from ``reference``
+        with the same seed, their mean, its standard error (sd / sqrt(n)) and the half-width of
+        the ``confidence`` interval from Student's t with n - 1 degrees of freedom (the
+        run-to-run variation, which the paired test-set errors of one run do not include).
+    """
+    import numpy as np
+    from scipy import stats
+    table = {}
+    for row in rows:
+        if row['record'].get('failed'):
+            continue
+        table.setdefault((row['student'], row['method']), {})[row['seed']] = \
+            _accuracy(row['record'])
+    levels, differences = [], []
+    for (student, method), by_seed in table.items():
+        if len(by_seed) < 2:            # e.g. the untrained network: the first seed only
+            continue
+        values = np.array(list(by_seed.values()))
+        levels.append(dict(student=student, method=method, accuracies=by_seed,
+                           mean=float(values.mean()), sd=float(values.std(ddof=1))))
+        base = table.get((student, reference))
+        if method == reference or method == 'untrained' or not base:
+            continue
+        common = sorted(set(by_seed) & set(base))
+        if len(common) < 2:
+            continue
+        d = np.array([by_seed[k] - base[k] for k in common])
+        se = float(d.std(ddof=1) / np.sqrt(len(d)))
+        half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * se)
+        differences.append(dict(student=student, method=method, seeds=common,
+                                differences=d.tolist(), mean=float(d.mean()), se=se,
+                                half_width=half))
+    return levels, differences
+
+
+def seed_lines(rows, reference='from scratch'):
+    """The markdown section of :func:`seed_summary` (empty with one seed)."""
+    seeds = sorted({row['seed'] for row in rows})
+    if len(seeds) < 2:
+        return []
+    levels, differences = seed_summary(rows, reference)
+    lines = ['## Between seeds (%d seeds: %s)' % (len(seeds), ', '.join(map(str, seeds))), '',
+             'Every row trained once per seed (initialisation and data order); the teacher and '
+             'the test set are the same. This is the run-to-run variation that the standard '
+             'errors above (test-set sampling of one run) do not include.', '',
+             '| student | method | %s | mean +- SD |' % ' | '.join('seed %d' % k for k in seeds),
+             '|---|---|%s---|' % ('---|' * len(seeds))]
+    for level in levels:
+        cells = ['%.4f' % level['accuracies'][k] if k in level['accuracies'] else ''
+                 for k in seeds]
+        lines.append('| %s | %s | %s | %.4f +- %.4f |' % (level['student'], level['method'],
+                                                        ' | '.join(cells), level['mean'],
+                                                        level['sd']))
+    lines += ['', 'Difference from %s with the same seed (held-out accuracy): mean over seeds '
+              '+- standard error, and the verdict of its 95 %% t interval.' % reference, '',
+              '| student | method | differences by seed | mean +- SE | 95 % interval | verdict |',
+              '|---|---|---|---|---|---|']
+    for d in differences:
+        low, high = d['mean'] - d['half_width'], d['mean'] + d['half_width']
+        verdict = 'better' if low > 0 else 'worse' if high < 0 else 'not settled'
+        lines.append('| %s | %s | %s | %+.4f +- %.4f | %+.4f .. %+.4f | %s |' % (
+            d['student'], d['method'], ', '.join('%+.4f' % v for v in d['differences']),
+            d['mean'], d['se'], low, high, verdict))
+    lines.append('')
+    return lines
+
+
+def write_comparison_report(rows, teacher, out_dir, seconds=None, base_seed=None):
     """Write ``compare.md`` and ``compare-curves-<student>.png`` (the learning curves of each
-    student's rows) to ``out_dir``; returns their paths and the text."""
+    student's rows) to ``out_dir``; returns their paths and the text.
+
+    Rows with a ``seed`` other than ``base_seed`` only enter the between-seeds section; the
+    table, the paired comparisons and the curves are those of ``base_seed``."""
     os.makedirs(out_dir, exist_ok=True)
     md_path = os.path.join(out_dir, 'compare.md')
+    all_rows = list(rows)
+    rows = [r for r in all_rows if base_seed is None or r.get('seed', base_seed) == base_seed]
     text = comparison_markdown(rows, teacher, seconds)
+    text += '\n'.join([''] + seed_lines([r for r in all_rows if 'seed' in r]))
     out = dict(markdown=md_path, curves=[])
     # one image per student: its rows' curves, named by method
     for student in dict.fromkeys(row['student'] for row in rows):

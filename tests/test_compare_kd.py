@@ -54,3 +54,37 @@ def test_compare_kd_trains_each_method_and_tabulates_the_metrics(tmp_path):
     assert stamps == {f: os.path.getmtime(os.path.join(run_dir, f)) for f in stamps}
     assert re.search(r'Wall time of this command: 0:\d\d', open(
         os.path.join(run_dir, 'compare.md')).read())
+
+
+def test_compare_kd_with_seeds_trains_each_row_per_seed_and_reports_the_spread(tmp_path):
+    """--seeds 0,1: the seed-1 rows are their own runs (train.seed 1, names -seed1, the same
+    teacher), the main table stays seed 0's, and the between-seeds section holds each seed's
+    accuracy from the metrics files."""
+    run_dir = str(tmp_path / 'run')
+    argv = ['--preset', 'smoke', '--teacher-preset', 'smoke', '--run-dir', run_dir,
+            '--students', 'vargfacenet', '--methods', 'mse', '--seeds', '0,1', '--jobs', '1',
+            '--set', 'data.synthetic_root=%s' % (tmp_path / 'syn'),
+            '--set', "network.kwargs={'multiplier': 0.5}", '--set', 'eval.flip=False']
+    compare_kd.main(argv)
+    table = open(os.path.join(run_dir, 'compare.md')).read()
+    for run, seed in (('model-scratch', 0), ('model-scratch-seed1', 1),
+                      ('model-gen1-mse-seed1', 1)):
+        config = json.load(open(os.path.join(run_dir, '%s-config.json' % run)))
+        assert config['train']['seed'] == seed
+    assert not os.path.exists(os.path.join(run_dir, 'model-untrained-seed1-config.json'))
+    multi = json.load(open(os.path.join(run_dir, 'model-gen1-mse-seed1-train.json')))
+    assert multi['distilled']
+    metrics = {r['prefix'].rsplit('/', 1)[1]: r['lfr']['verification']['accuracy']
+               for r in load_metrics([run_dir])}
+    section = table[table.index('## Between seeds (2 seeds: 0, 1)'):]
+    for method, run in (('from scratch', 'model-scratch'), ('mse (PocketNet)', 'model-gen1-mse')):
+        line = [l for l in section.splitlines()
+                if l.startswith('| VarGFaceNet | %s | 0.' % method)][0]
+        assert line.split(' | ')[2:4] == ['%.4f' % metrics[run], '%.4f' % metrics[run + '-seed1']]
+    mse_line = [l for l in section.splitlines() if l.startswith('| VarGFaceNet | mse (PocketNet) | +')]
+    expected = ['%+.4f' % (metrics['model-gen1-mse'] - metrics['model-scratch']),
+                '%+.4f' % (metrics['model-gen1-mse-seed1'] - metrics['model-scratch-seed1'])]
+    assert mse_line[0].split(' | ')[2] == ', '.join(expected)
+    # the main table lists seed 0's rows once each
+    main = table[:table.index('## Between seeds')]
+    assert main.count('| mse (PocketNet) | VarGFaceNet |') == 1

@@ -16,10 +16,18 @@ It writes ``compare.md`` (one table: method, student, params, FLOPs, held-out ac
 TPR@FPR=1e-3 with standard errors, wall time, the published numbers of each method with their
 data sets; paired comparisons) and ``compare-curves.png`` to the run folder.
 
-Every row is a stage of the main job's kind: reused when finished, resumed when interrupted. The
-default run folder is the main job's (``work/runs/kd``), so after ``python train/train_kd.py
---recursive 2`` the teacher and VarGFaceNet's from-scratch, recursive=1/2 and angular-form rows
-are reused and only the other rows are trained.
+Every row is a stage of the main job's kind (``vargfacenet.train.stages``): reused when
+finished, resumed when interrupted. The default run folder is the main job's (``work/runs/kd``),
+so after ``python train/train_kd.py --recursive 2`` the teacher and VarGFaceNet's from-scratch,
+recursive=1/2 and angular-form rows are reused and only the other rows are trained. The stages
+run ``--jobs`` at a time (default 2), each in a process of its own with cores/jobs OpenMP
+threads, and each evaluates its own model.
+
+``--seeds S1,S2,...`` trains every row once per seed (initialisation and data order; the
+teacher is shared) and adds a between-seeds section: each seed's accuracy, and each method's
+difference from training from scratch with the same seed, with a t interval over seeds. The
+standard errors of one run cover the sampling of the test set only; this is the run-to-run
+variation.
 
 Students whose embedding size differs from the teacher's (PocketNet-S128: 128 against the
 embedded teacher's 512) learn through ``kd.projection``, a linear map from the student's
@@ -29,7 +37,6 @@ embedding). For ``margin`` the projected embedding meets the teacher's centres.
 import argparse
 import copy
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -73,6 +80,16 @@ def build_parser():
                              % ', '.join(METHOD_KEYS))
     parser.add_argument('--max-steps', type=int, default=None,
                         help='training steps of every student (default: the preset\'s)')
+    parser.add_argument('--jobs', type=int, default=2,
+                        help='stages trained at a time, each in a process of its own with '
+                             'cores/jobs OpenMP threads (2 on a 2-core machine: 1.2-1.5x the '
+                             'throughput of one process; each PocketNet-S128 process needs '
+                             'about 10 GB)')
+    parser.add_argument('--seeds', default=None, metavar='S1,S2,...',
+                        help='train every row once per seed (train.seed: initialisation and '
+                             'data order) and report the spread between seeds; default: the '
+                             'preset\'s seed only. The preset\'s seed keeps the plain run names '
+                             '(shared with the main job), others add -seed<S>')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
                         metavar='SECTION.KEY=VALUE', help='config override of every student')
     return parser
@@ -101,6 +118,20 @@ def stage_schedule(teacher_prefix, cfg, num_batches):
             for k, index in enumerate(indices)]
 
 
+class _MultistepOverrides:
+    """The multi-step variant's overrides, made when the teacher run has finished (its
+    checkpoints are the schedule); a class so that it pickles into a stage's process."""
+
+    def __init__(self, cfg, teacher_stage):
+        self.cfg, self.teacher_stage = cfg, teacher_stage
+
+    def __call__(self, done):
+        from vargfacenet.train import pipeline
+        prefix = done[self.teacher_stage]['prefix']
+        schedule = stage_schedule(prefix, self.cfg, pipeline.make_train_iter(self.cfg).num_batches)
+        return {'kd': {'method': 'mse', 'teacher_schedule': schedule}}
+
+
 def student_config(base, network, teacher_dim, max_steps):
     from vargfacenet.symbol import get_symbol
     from vargfacenet.runtime.inference import embedding_dim
@@ -116,37 +147,42 @@ def student_config(base, network, teacher_dim, max_steps):
     return cfg
 
 
+def _teacher_dim(sym, layer):
+    from vargfacenet.runtime.inference import embedding_dim
+    if sym.list_outputs() != [layer]:
+        sym = sym.get_internals()[layer]
+    return embedding_dim(sym)
+
+
 def _prepare(args):
-    """Config, data and teacher shared by every student: (base cfg, data label, teacher spec,
-    teacher model entries, teacher embedding size). The teacher is trained here when needed
-    (and reused by every later call)."""
+    """Config and data shared by every student and the teacher: (base cfg, data label, teacher
+    stage or None, teacher reference (stage name or checkpoint), teacher embedding size)."""
     from vargfacenet.runtime import checkpoint as ckpt
+    from vargfacenet.symbol import get_symbol
     from vargfacenet.train import pipeline
     from vargfacenet.train.config import load_config
-    from vargfacenet.train.distill import FrozenTeacher
+    from vargfacenet.train.stages import Stage
     base = load_config(args.preset, list(args.overrides))
     data_label = pipeline.resolve_data(base)
+    layer = base.kd.teacher_layer
     if args.teacher is None:
         teacher_cfg = load_config(args.teacher_preset, [
             {'data': {'train': base.data.train, 'val': base.data.val, 'test': base.data.test}}])
-        summary = pipeline.train_or_reuse(teacher_cfg, args.run_dir, 'teacher',
-                                          tag='[teacher] ')
-        teacher_spec = (summary['prefix'], summary['index'])
-        teacher_models = [dict(summary, name='teacher (%s)' % teacher_cfg.network.name)]
-    else:
-        teacher_spec = ckpt.parse_model_spec(args.teacher)
-        teacher_models = [dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1])]
-    teacher_dim = FrozenTeacher.load(*teacher_spec, layer=base.kd.teacher_layer).dim
-    return base, data_label, teacher_spec, teacher_models, teacher_dim
+        stage = Stage('teacher', 'teacher (%s)' % teacher_cfg.network.name, teacher_cfg,
+                      tag='[teacher] ')
+        dim = _teacher_dim(get_symbol(teacher_cfg.network.name, **teacher_cfg.network.kwargs),
+                           layer)
+        return base, data_label, stage, 'teacher', dim
+    spec = ckpt.parse_model_spec(args.teacher)
+    sym, _, _ = ckpt.load_embedding(spec[0], spec[1], layer=layer)
+    return base, data_label, None, spec, _teacher_dim(sym, layer)
 
 
-def student_rows(args, network, methods):
-    """Train (or reuse) and evaluate one student's rows; returns the table rows."""
-    from vargfacenet.symbol import flops, get_symbol
-    from vargfacenet.train import pipeline
+def student_stages(args, network, methods, base, teacher, teacher_dim):
+    """The stages of one student (untrained, from scratch, each method) and its config."""
     from vargfacenet.train.distill import parse_teacher_schedule
-    base, data_label, teacher_spec, _, teacher_dim = _prepare(args)
-    label, name = STUDENTS[network]
+    from vargfacenet.train.stages import plan_recursive_kd
+    _, name = STUDENTS[network]
     cfg = student_config(base, network, teacher_dim, args.max_steps)
     variants = []
     if 'margin' in methods:
@@ -155,43 +191,35 @@ def student_rows(args, network, methods):
         variants.append(('gen1-mse', 'mse', {'kd': {'method': 'mse'}}))
     if 'multistep' in methods:
         if args.teacher_schedule:
-            schedule = parse_teacher_schedule(args.teacher_schedule)
+            overrides = {'kd': {'method': 'mse', 'teacher_schedule':
+                                parse_teacher_schedule(args.teacher_schedule)}}
         elif args.teacher is None:
-            schedule = stage_schedule(teacher_spec[0], cfg,
-                                      pipeline.make_train_iter(cfg).num_batches)
+            overrides = _MultistepOverrides(cfg, teacher)
         else:
             raise SystemExit('--methods multistep with --teacher needs --teacher-schedule')
-        variants.append(('gen1-multistep', 'mse multi-step',
-                         {'kd': {'method': 'mse', 'teacher_schedule': schedule}}))
+        variants.append(('gen1-multistep', 'mse multi-step', overrides))
     if 'angular' not in methods:
         cfg.kd.compare_forms = []
     elif cfg.kd.form == 'l2' and 'angular' not in cfg.kd.compare_forms:
         cfg.kd.compare_forms = list(cfg.kd.compare_forms) + ['angular']
-    LOGGER.info('student %s (%s): %d distillation variant(s)', label, network, len(variants))
-    models = pipeline.recursive_kd(cfg, args.run_dir, 2 if 'angular' in methods else 1,
-                                   teacher_spec=teacher_spec, baseline=True, name=name,
-                                   variants=variants, keep_going=True)
-    models = [m for m in models[1:]
-              if 'angular' in methods or not m['name'].startswith('recursive=')]
-    results = pipeline.evaluate_models(models, cfg, data_label, reuse=True)
-    size = flops.count(get_symbol(cfg.network.name, **cfg.network.kwargs))
-    rows = []
-    for method, key in ROWS:
-        for record in results:
-            if record['name'] == key:
-                rows.append(dict(method=method, student=label, network=network,
-                                 params=size['params'], flops=size['flops'], record=record))
-    return rows
+    stages = plan_recursive_kd(cfg, 2, teacher=teacher, baseline=True, name=name,
+                               variants=variants)
+    if 'angular' not in methods:        # the generations are angular distillation's rows
+        stages = [s for s in stages if not s.label.startswith('recursive=')]
+    return cfg, stages
 
 
-def _student_process(argv, network, methods):
-    """A student's stages in a process of their own (see :func:`main`)."""
-    from vargfacenet.runtime import settings
-    settings.apply()
-    from vargfacenet.train import pipeline
-    args = build_parser().parse_args(argv)
-    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
-    student_rows(args, network, methods)
+def _seeds(args, base):
+    if args.seeds is None:
+        return [base.train.seed]
+    try:
+        seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SystemExit('--seeds: expected distinct integers separated by commas, got %r'
+                         % args.seeds)
+    return seeds
 
 
 def main(argv=None):
@@ -200,35 +228,63 @@ def main(argv=None):
     from vargfacenet.runtime import settings
     settings.apply()
     from vargfacenet.eval.report import write_comparison_report
+    from vargfacenet.symbol import flops, get_symbol
     from vargfacenet.train import pipeline
+    from vargfacenet.train.stages import run_parallel, with_seed
     students = _split(args.students, STUDENTS, 'students')
     methods = _split(args.methods, METHOD_KEYS, 'methods')
-    pipeline.init_logging(os.path.join(args.run_dir, 'log.txt'))
+    if args.jobs < 1:
+        raise SystemExit('--jobs must be at least 1, got %d' % args.jobs)
+    log_path = os.path.join(args.run_dir, 'log.txt')
+    pipeline.init_logging(log_path)
     started = time.time()
-    base, data_label, _, teacher_models, _ = _prepare(args)
-    # training the teacher took the run folder's lock, held until the process exits: give it
-    # to the student processes
-    from vargfacenet.data.atomic import release_run_lock
-    release_run_lock(args.run_dir)
+    base, data_label, teacher_stage, teacher, teacher_dim = _prepare(args)
+    seeds = _seeds(args, base)
+    stages = [teacher_stage] if teacher_stage else []
+    plans = {}
+    for network in students:
+        cfg, plan = student_stages(args, network, methods, base, teacher, teacher_dim)
+        plans[network] = (cfg, plan)
+        stages += [s for s in plan]
+        for seed in seeds:
+            if seed != base.train.seed:
+                stages += with_seed([s for s in plan if s.kind == 'train'], seed,
+                                    '-seed%d' % seed)
+    # every stage is trained and evaluated in a process of its own, --jobs at a time; the rows
+    # are then collected here from the finished stages (reused, not run again)
+    results = {m['stage']: m for m in run_parallel(stages, args.run_dir, jobs=args.jobs,
+                                     evaluate=(base, data_label), log_path=log_path)}
+    names = {s.name: s for s in stages}
     rows = []
     for network in students:
-        # Each student trains in a process of its own: MXNet's CPU memory pool keeps every
-        # freed buffer for a later request of the same size and never returns it, so the
-        # buffers of one network stay allocated while the next trains (VarGFaceNet's 6 GB plus
-        # PocketNet-S128's 8 GB at batch 32 was killed for lack of memory on a 24 GB machine).
-        # The rows are then collected here from the finished (reused) stages.
-        child = multiprocessing.get_context('spawn').Process(
-            target=_student_process, args=(argv, network, methods))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit('the stages of student %s stopped (exit code %s); see the log '
-                             'above. Run the command again to resume them'
-                             % (network, child.exitcode))
-        rows += student_rows(args, network, methods)
-    teacher_record = pipeline.evaluate_models(teacher_models, base, data_label, reuse=True)[0]
+        cfg, plan = plans[network]
+        label, _ = STUDENTS[network]
+        size = flops.count(get_symbol(cfg.network.name, **cfg.network.kwargs))
+        for seed in seeds:
+            suffix = '' if seed == base.train.seed else '-seed%d' % seed
+            models = []
+            for stage in plan:
+                name = stage.name + suffix
+                if name not in names:
+                    continue
+                model = results.get(name)
+                if model is None:   # skipped: it needed a stage that failed
+                    continue
+                models.append(dict(model, name=stage.label))
+            records = pipeline.evaluate_models(models, cfg, data_label, reuse=True)
+            for method, key in ROWS:
+                for record in records:
+                    if record['name'] == key:
+                        rows.append(dict(method=method, student=label, network=network,
+                                         params=size['params'], flops=size['flops'],
+                                         seed=seed, record=record))
+    if teacher_stage is not None:
+        teacher_model = dict(results['teacher'], name=teacher_stage.label)
+    else:
+        teacher_model = dict(name='teacher', prefix=teacher[0], index=teacher[1])
+    teacher_record = pipeline.evaluate_models([teacher_model], base, data_label, reuse=True)[0]
     report = write_comparison_report(rows, teacher_record, args.run_dir,
-                                     seconds=time.time() - started)
+                                     seconds=time.time() - started, base_seed=base.train.seed)
     LOGGER.info('comparison:\n%s', report['text'])
     LOGGER.info('report: %s (%.1f min)', report['markdown'], (time.time() - started) / 60)
 

@@ -201,19 +201,22 @@ def make_teacher(cfg, teacher_spec):
                               batch_size=batch, ctx=ctx)
 
 
-def _teacher_settings(cfg):
+def teacher_settings(cfg):
+    """What decides which frozen teacher a stage needs, besides its checkpoint."""
     return (json.dumps(cfg.kd.teacher_schedule), cfg.kd.teacher_layer, cfg.train.ctx,
             cfg.train.batch_size)
 
 
 def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None, init=None,
                  baseline=True, stop_check=None, name='model', variants=(), keep_going=False):
-    """Recursive knowledge distillation (VarGFaceNet section 3.3).
+    """Recursive knowledge distillation (VarGFaceNet section 3.3), in this process.
 
     The same frozen teacher distils generation 1 (from random init or ``init``); generation k+1
     starts from generation k's student with a fresh optimizer and schedule. Optionally a
     from-scratch baseline with the same step budget, and a teacher trained first when none is
-    given. Every stage is reused when finished and resumed when interrupted.
+    given. Every stage is reused when finished and resumed when interrupted. The stages are
+    those of :func:`vargfacenet.train.stages.plan_recursive_kd` (``train/compare_kd.py`` runs
+    the same plan several stages at a time).
 
     Parameters
     ----------
@@ -225,7 +228,7 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         ``label``. ``kd.compare_forms`` adds ``('gen1-<form>', 'recursive=1 (<form>)', ...)``.
     keep_going : bool
         A student whose loss becomes non-finite is reported (``failed``: the error) instead of
-        stopping the job; later generations of a failed one are skipped.
+        stopping the job; the stages that start from a failed one are skipped.
 
     Returns
     -------
@@ -233,22 +236,24 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         One entry per model (teacher, [untrained, scratch,] gen1..genN, variants): name,
         prefix, index.
     """
-    from vargfacenet.train.config import with_overrides
-    from vargfacenet.train.distill import TeacherCache
+    from vargfacenet.train.stages import Stage, plan_recursive_kd, run_in_process
     if generations < 1:
         raise ValueError('--recursive must be >= 1, got %r' % (generations,))
     if cfg.data.train is None:
         raise ValueError('resolve the data paths first (resolve_data)')
+    if cfg.kd.cache_teacher and cfg.kd.teacher_schedule:
+        raise ValueError('kd.cache_teacher holds one teacher\'s embeddings and '
+                         'kd.teacher_schedule changes the teacher: use one of them')
     os.makedirs(run_dir, exist_ok=True)
-    models = []
+    models, teacher_stage = [], None
     if teacher_spec is None and not cfg.kd.teacher_schedule:
         if teacher_cfg is None:
             raise ValueError('give a teacher checkpoint (--teacher PREFIX,INDEX) or a teacher '
                              'config to train one')
         teacher_cfg.data.update(train=cfg.data.train, val=cfg.data.val, test=cfg.data.test)
-        summary = train_or_reuse(teacher_cfg, run_dir, 'teacher', tag='[teacher] ')
-        teacher_spec = (summary['prefix'], summary['index'])
-        models.append(dict(summary, name='teacher (%s)' % teacher_cfg.network.name))
+        teacher_stage = Stage('teacher', 'teacher (%s)' % teacher_cfg.network.name,
+                              teacher_cfg, tag='[teacher] ')
+        teacher_spec = 'teacher'
     elif teacher_spec is not None:
         teacher_spec = ckpt.parse_model_spec(teacher_spec)
         models.append(dict(name='teacher', prefix=teacher_spec[0], index=teacher_spec[1]))
@@ -256,57 +261,12 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         last = ckpt.parse_model_spec(cfg.kd.teacher_schedule[-1][0])
         models.append(dict(name='teacher (last of the schedule)', prefix=last[0],
                            index=last[1]))
-    teacher = make_teacher(cfg, teacher_spec)
-    cache = None
-    if cfg.kd.cache_teacher:
-        if cfg.kd.teacher_schedule:
-            raise ValueError('kd.cache_teacher holds one teacher\'s embeddings and '
-                             'kd.teacher_schedule changes the teacher: use one of them')
-        cache = TeacherCache.load_or_build(teacher, cfg.data.train,
-                                           os.path.join(run_dir, 'teacher-embeddings.npz'))
-    def stage(label, *args, **kwargs):
-        from vargfacenet.train.loop import NonFiniteLossError
-        try:
-            summary = train_or_reuse(*args, **kwargs)
-        except NonFiniteLossError as err:
-            if not keep_going:
-                raise
-            LOGGER.error('%s failed: %s', label, err)
-            models.append(dict(name=label, failed=str(err)))
-            return None
-        models.append(dict(summary, name=label))
-        return summary
-
-    if baseline:
-        models.append(save_untrained(cfg, run_dir, name='%s-untrained' % name))
-        stage('from scratch', cfg, run_dir, '%s-scratch' % name, tag='[scratch] ',
-              init=ckpt.load_init(init) if init else None)
-    start = ckpt.load_init(init) if init else None
-    previous = start
-    distill = dict(teacher=teacher, teacher_cache=cache, stop_check=stop_check)
-    for generation in range(1, generations + 1):
-        summary = stage('recursive=%d' % generation, cfg, run_dir,
-                        '%s-gen%d' % (name, generation), tag='[gen%d] ' % generation,
-                        init=previous, **distill)
-        if summary is None:
-            break
-        previous = ckpt.load_init((summary['prefix'], summary['index']))
-    forms = []
-    if cfg.kd.method == 'angular':
-        forms = [('gen1-%s' % form, 'recursive=1 (%s)' % form, {'kd': {'form': form}})
-                 for form in cfg.kd.compare_forms]
-    elif cfg.kd.compare_forms:
-        LOGGER.info('kd.compare_forms %s skipped: they are forms of kd.method=angular, this run '
-                    'uses %s', cfg.kd.compare_forms, cfg.kd.method)
-    for suffix, label, overrides in forms + list(variants):
-        # the same first generation with other settings, for the comparison
-        variant = with_overrides(cfg, [overrides, {'kd': {'compare_forms': []}}])
-        kwargs = dict(distill)
-        if _teacher_settings(variant) != _teacher_settings(cfg):
-            kwargs.update(teacher=make_teacher(variant, teacher_spec), teacher_cache=None)
-        stage(label, variant, run_dir, '%s-%s' % (name, suffix), tag='[%s] ' % suffix,
-              init=start, **kwargs)
-    return models
+    stages = plan_recursive_kd(cfg, generations, teacher=teacher_spec,
+                               init=ckpt.parse_model_spec(init) if init else None,
+                               baseline=baseline, name=name, variants=variants,
+                               teacher_stage=teacher_stage)
+    return models + run_in_process(stages, run_dir, stop_check=stop_check,
+                                   keep_going=keep_going)
 
 
 def save_untrained(cfg, run_dir, name='model-untrained'):
