@@ -80,11 +80,12 @@ def build_parser():
                              % ', '.join(METHOD_KEYS))
     parser.add_argument('--max-steps', type=int, default=None,
                         help='training steps of every student (default: the preset\'s)')
-    parser.add_argument('--jobs', type=int, default=2,
+    parser.add_argument('--jobs', type=int, default=None,
                         help='stages trained at a time, each in a process of its own with '
-                             'cores/jobs OpenMP threads (2 on a 2-core machine: 1.2-1.5x the '
-                             'throughput of one process; each PocketNet-S128 process needs '
-                             'about 10 GB)')
+                             'cores/jobs OpenMP threads; default 2 (1 on a 1-core machine): on '
+                             '2 cores, 1.2-1.5x the samples/s of one process '
+                             '(bench/bench_jobs.py). A PocketNet-S128 stage needs about 10 GB, '
+                             'VarGFaceNet 5 GB; stages wait for memory')
     parser.add_argument('--seeds', default=None, metavar='S1,S2,...',
                         help='train every row once per seed (train.seed: initialisation and '
                              'data order) and report the spread between seeds; default: the '
@@ -233,6 +234,9 @@ def main(argv=None):
     from vargfacenet.train.stages import run_parallel, with_seed
     students = _split(args.students, STUDENTS, 'students')
     methods = _split(args.methods, METHOD_KEYS, 'methods')
+    if args.jobs is None:
+        from vargfacenet.runtime.settings import physical_cores
+        args.jobs = min(2, physical_cores())
     if args.jobs < 1:
         raise SystemExit('--jobs must be at least 1, got %d' % args.jobs)
     log_path = os.path.join(args.run_dir, 'log.txt')

@@ -401,7 +401,8 @@ def _exit_reason(code):
     if code is not None and code < 0:
         reason = 'killed by signal %d' % -code
         if -code == 9:
-            reason += ' (out of memory? the kernel log says which process it killed)'
+            reason += (' (out of memory? the kernel log says which process it killed; fewer '
+                       'stages at a time need less: --jobs 1)')
         return reason
     return 'exit code %s (see the log above)' % code
 
