@@ -175,3 +175,22 @@ def test_between_seed_differences_match_a_paired_t_test():
     # by hand: differences 0.10, 0.04, 0.13 -> mean 0.09, sd sqrt(0.0021), 3 seeds
     assert by_method['m']['se'] == pytest.approx(np.sqrt(0.0021 / 3))
     assert seed_lines(_rows({('S', 'from scratch'): {0: 0.6}})) == []
+
+
+def test_a_failing_stage_process_stops_the_job_with_its_name_and_error(tmp_path):
+    """The stage's error reaches the parent (named), the stage that needs it never starts, and
+    an independent stage still finishes."""
+    from vargfacenet.train.stages import StageFailedError, run_parallel
+    bad = _cfg()
+    bad.data.train = str(tmp_path / 'missing')
+    good = _cfg()
+    stages = [Stage('broken', 'broken', bad),
+              Stage('after-broken', 'after', good, init='broken'),
+              Stage('floor', 'untrained', good, kind='untrained')]
+    run_dir = str(tmp_path / 'run')
+    with pytest.raises(StageFailedError) as err:
+        run_parallel(stages, run_dir, jobs=2, poll_seconds=0.2)
+    assert 'broken: ' in str(err.value) and 'missing' in str(err.value)
+    assert 'after-broken' not in str(err.value)
+    assert os.path.isfile(os.path.join(run_dir, 'floor-0000.params'))
+    assert not os.path.exists(os.path.join(run_dir, 'after-broken-config.json'))
