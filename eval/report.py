@@ -406,18 +406,22 @@ def _accuracy(record):
     return record['lfr']['verification']['accuracy']
 
 
-def seed_summary(rows, reference='from scratch', confidence=0.95):
+SEED_REFERENCES = ('from scratch', 'angular, l2 form (Eq. 5), recursive=1')
+
+
+def seed_summary(rows, references=SEED_REFERENCES, confidence=0.95):
     """Between-seed figures of ``rows`` trained with several ``seed`` values.
 
     Returns
     -------
     (list of dict, list of dict)
         Per (student, method) with two seeds or more: ``accuracies`` by seed, their ``mean``
-        and ``sd`` (ddof 1).
-        Per (student, method) other than ``reference``: the differences from ``reference``
-        with the same seed, their mean, its standard error (sd / sqrt(n)) and the half-width of
-        the ``confidence`` interval from Student's t with n - 1 degrees of freedom (the
-        run-to-run variation, which the paired test-set errors of one run do not include).
+        and ``sd`` (ddof 1). Per (student, method, reference) for each of ``references`` (the
+        paired comparisons of one run: every method against from scratch, the others against
+        angular recursive=1): the differences from the reference with the same seed, their
+        mean, its standard error (sd / sqrt(n)) and the half-width of the ``confidence``
+        interval from Student's t with n - 1 degrees of freedom (the run-to-run variation,
+        which the paired test-set errors of one run do not include).
     """
     import numpy as np
     from scipy import stats
@@ -434,27 +438,30 @@ def seed_summary(rows, reference='from scratch', confidence=0.95):
         values = np.array(list(by_seed.values()))
         levels.append(dict(student=student, method=method, accuracies=by_seed,
                            mean=float(values.mean()), sd=float(values.std(ddof=1))))
-        base = table.get((student, reference))
-        if method == reference or method == 'untrained' or not base:
-            continue
-        common = sorted(set(by_seed) & set(base))
-        if len(common) < 2:
-            continue
-        d = np.array([by_seed[k] - base[k] for k in common])
-        se = float(d.std(ddof=1) / np.sqrt(len(d)))
-        half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * se)
-        differences.append(dict(student=student, method=method, seeds=common,
-                                differences=d.tolist(), mean=float(d.mean()), se=se,
-                                half_width=half))
+    for reference in references:
+        for (student, method), by_seed in table.items():
+            base = table.get((student, reference))
+            if method in (reference, 'untrained') or not base or \
+                    (reference != references[0] and method in references[:1]):
+                continue
+            common = sorted(set(by_seed) & set(base))
+            if len(common) < 2:
+                continue
+            d = np.array([by_seed[k] - base[k] for k in common])
+            se = float(d.std(ddof=1) / np.sqrt(len(d)))
+            half = float(stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * se)
+            differences.append(dict(student=student, method=method, reference=reference,
+                                    seeds=common, differences=d.tolist(), mean=float(d.mean()),
+                                    se=se, half_width=half))
     return levels, differences
 
 
-def seed_lines(rows, reference='from scratch'):
+def seed_lines(rows, references=SEED_REFERENCES):
     """The markdown section of :func:`seed_summary` (empty with one seed)."""
     seeds = sorted({row['seed'] for row in rows})
     if len(seeds) < 2:
         return []
-    levels, differences = seed_summary(rows, reference)
+    levels, differences = seed_summary(rows, references)
     lines = ['## Between seeds (%d seeds: %s)' % (len(seeds), ', '.join(map(str, seeds))), '',
              'Every row trained once per seed (initialisation and data order); the teacher and '
              'the test set are the same. This is the run-to-run variation that the standard '
@@ -467,16 +474,17 @@ def seed_lines(rows, reference='from scratch'):
         lines.append('| %s | %s | %s | %.4f +- %.4f |' % (level['student'], level['method'],
                                                         ' | '.join(cells), level['mean'],
                                                         level['sd']))
-    lines += ['', 'Difference from %s with the same seed (held-out accuracy): mean over seeds '
-              '+- standard error, and the verdict of its 95 %% t interval.' % reference, '',
-              '| student | method | differences by seed | mean +- SE | 95 % interval | verdict |',
-              '|---|---|---|---|---|---|']
+    lines += ['', 'Differences with the same seed (held-out accuracy): mean over seeds +- '
+              'standard error, and the verdict of its 95 % t interval.', '',
+              '| student | method | against | differences by seed | mean +- SE | 95 % interval '
+              '| verdict |', '|---|---|---|---|---|---|---|']
     for d in differences:
         low, high = d['mean'] - d['half_width'], d['mean'] + d['half_width']
         verdict = 'better' if low > 0 else 'worse' if high < 0 else 'not settled'
-        lines.append('| %s | %s | %s | %+.4f +- %.4f | %+.4f .. %+.4f | %s |' % (
-            d['student'], d['method'], ', '.join('%+.4f' % v for v in d['differences']),
-            d['mean'], d['se'], low, high, verdict))
+        lines.append('| %s | %s | %s | %s | %+.4f +- %.4f | %+.4f .. %+.4f | %s |' % (
+            d['student'], d['method'], d['reference'],
+            ', '.join('%+.4f' % v for v in d['differences']), d['mean'], d['se'], low, high,
+            verdict))
     lines.append('')
     return lines
 

@@ -170,11 +170,21 @@ def test_between_seed_differences_match_a_paired_t_test():
         assert d['mean'] - d['half_width'] == pytest.approx(low)
         assert d['mean'] + d['half_width'] == pytest.approx(high)
         settled = stats.ttest_rel(a, b).pvalue < 0.05
-        line = [l for l in seed_lines(rows) if l.startswith('| S | %s | +' % name)][0]
+        line = [l for l in seed_lines(rows) if l.startswith('| S | %s | from scratch | +' % name)][0]
         assert line.endswith('| better |') == settled
     # by hand: differences 0.10, 0.04, 0.13 -> mean 0.09, sd sqrt(0.0021), 3 seeds
     assert by_method['m']['se'] == pytest.approx(np.sqrt(0.0021 / 3))
     assert seed_lines(_rows({('S', 'from scratch'): {0: 0.6}})) == []
+    # with angular recursive=1 present, the other methods are also compared with it (not
+    # from scratch: that pair is already angular against from scratch)
+    angular = 'angular, l2 form (Eq. 5), recursive=1'
+    rows += _rows({('S', angular): {0: 0.75, 1: 0.70, 2: 0.74}})
+    _, differences = seed_summary(rows)
+    pairs = sorted((d['method'], d['reference']) for d in differences)
+    assert pairs == sorted([('m', 'from scratch'), ('steady', 'from scratch'),
+                            (angular, 'from scratch'), ('m', angular), ('steady', angular)])
+    d = [d for d in differences if (d['method'], d['reference']) == ('m', angular)][0]
+    assert d['differences'] == pytest.approx([0.70 - 0.75, 0.66 - 0.70, 0.71 - 0.74])
 
 
 def test_a_failing_stage_process_stops_the_job_with_its_name_and_error(tmp_path):
