@@ -99,6 +99,18 @@ def test_seeded_stages_rename_their_references_and_keep_the_teacher():
     assert late.cfg({}).train.seed == 3
 
 
+def test_the_network_of_a_late_config_is_known_without_making_it():
+    """The scheduler asks every poll; a multi-step variant's overrides read the teacher's
+    checkpoints and the data, so they are made only when the stage starts."""
+    def overrides(done):
+        raise AssertionError('late overrides made to learn the network')
+    cfg = _cfg()
+    variant = plan_recursive_kd(cfg, 1, teacher=('t', 1),
+                                variants=[('gen1-late', 'late', overrides)])[-1]
+    seeded = with_seed([variant], 5, '-seed5')[0]
+    assert variant.network({}) == seeded.network({}) == cfg.network.name
+
+
 def _hold_through(dup, run_dir, ready, release):
     fd = dup.detach()
     atomic.adopt_run_lock(run_dir, fd)

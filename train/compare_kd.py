@@ -249,7 +249,7 @@ def main(argv=None):
     for network in students:
         cfg, plan = student_stages(args, network, methods, base, teacher, teacher_dim)
         plans[network] = (cfg, plan)
-        stages += [s for s in plan]
+        stages += plan
         for seed in seeds:
             if seed != base.train.seed:
                 stages += with_seed([s for s in plan if s.kind == 'train'], seed,
@@ -258,7 +258,6 @@ def main(argv=None):
     # are then collected here from the finished stages (reused, not run again)
     results = {m['stage']: m for m in run_parallel(stages, args.run_dir, jobs=args.jobs,
                                      evaluate=(base, data_label), log_path=log_path)}
-    names = {s.name: s for s in stages}
     rows = []
     for network in students:
         cfg, plan = plans[network]
@@ -268,11 +267,8 @@ def main(argv=None):
             suffix = '' if seed == base.train.seed else '-seed%d' % seed
             models = []
             for stage in plan:
-                name = stage.name + suffix
-                if name not in names:
-                    continue
-                model = results.get(name)
-                if model is None:   # skipped: it needed a stage that failed
+                model = results.get(stage.name + suffix)
+                if model is None:   # not planned for this seed, or it needed a failed stage
                     continue
                 models.append(dict(model, name=stage.label))
             records = pipeline.evaluate_models(models, cfg, data_label, reuse=True)

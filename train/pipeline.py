@@ -237,8 +237,6 @@ def recursive_kd(cfg, run_dir, generations, teacher_spec=None, teacher_cfg=None,
         prefix, index.
     """
     from vargfacenet.train.stages import Stage, plan_recursive_kd, run_in_process
-    if generations < 1:
-        raise ValueError('--recursive must be >= 1, got %r' % (generations,))
     if cfg.data.train is None:
         raise ValueError('resolve the data paths first (resolve_data)')
     if cfg.kd.cache_teacher and cfg.kd.teacher_schedule:

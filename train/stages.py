@@ -57,7 +57,12 @@ class Stage:
         return list(dict.fromkeys(refs + list(self.after)))
 
     def network(self, done=None):
-        return self.resolved_cfg(done or {}).network.name
+        """The stage's network. A late config is not made for this (the scheduler asks on every
+        poll): the network is its base config's, which late overrides never change."""
+        cfg = self.cfg
+        while callable(cfg) and hasattr(cfg, 'base'):
+            cfg = cfg.base
+        return (cfg(done or {}) if callable(cfg) else cfg).network.name
 
     def resolved_cfg(self, done):
         return self.cfg(done) if callable(self.cfg) else self.cfg
